@@ -1,0 +1,38 @@
+# Every target sets itself up: a fresh Debian/Ubuntu machine with Python 3.11+ needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint format bench-decode bench-load clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/cdc-assets demo --cdc-raw var/cdc_raw
+
+lint: $(STAMP)
+	$(BIN)/ruff check cdc_assets cdc_assets_tests benchmarks
+	$(BIN)/ruff format --check cdc_assets cdc_assets_tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix cdc_assets cdc_assets_tests benchmarks
+	$(BIN)/ruff format cdc_assets cdc_assets_tests benchmarks
+
+test: lint
+	$(BIN)/pytest -q
+
+bench-decode: $(STAMP)
+	$(BIN)/python benchmarks/bench_decode.py
+
+bench-load: $(STAMP)
+	$(BIN)/python benchmarks/bench_load.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

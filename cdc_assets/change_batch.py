@@ -1,0 +1,284 @@
+"""The change batch: the one Arrow shape in which changes travel from the reader to every destination.
+
+One ``pyarrow.RecordBatch`` per Cassandra table per read. Each row of the batch is one *change*:
+a row write (INSERT/UPDATE, possibly with cell tombstones), a row deletion, a static-row write,
+a partition deletion or a range deletion, with the commit log position it was read at.
+
+Columns, in order:
+
+==============================  ==========================  ===============================================
+column                          Arrow type                  meaning
+==============================  ==========================  ===============================================
+``_cdc_segment_id``             int64, not null             id of the commit log segment the change came from
+``_cdc_position``               int32, not null             logical end offset of its entry in that segment
+``_cdc_kind``                   string, not null            ``row``, ``static_row``, ``partition_deletion``,
+                                                            ``range_deletion``
+<partition key columns>         CQL → Arrow, not null       the partition key, one column per key column
+<clustering columns>            CQL → Arrow                 the row's clustering; null unless kind is ``row``
+``_cdc_row_writetime``          int64                       row liveness (the INSERT row marker) write time, µs
+``_cdc_row_ttl``                int32                       its TTL in seconds, when the INSERT had one
+``_cdc_row_expires_at``         timestamp[s, UTC]           when that liveness expires
+``_cdc_deletion_writetime``     int64                       the row, partition or range deletion's timestamp:
+                                                            it hides every cell of its scope written at or
+                                                            before this time (µs)
+``_cdc_deletion_time``          timestamp[s, UTC]           the node's local time of that deletion
+``_cdc_range_start``            struct<clustering columns>  range deletions: the start bound; fields past the
+                                                            bound's length are null; null = unbounded
+``_cdc_range_start_inclusive``  bool
+``_cdc_range_end``              struct<clustering columns>  the end bound, as for the start
+``_cdc_range_end_inclusive``    bool
+<static and regular columns>    cell struct (below)         null when the change does not touch the column
+==============================  ==========================  ===============================================
+
+A *simple* column (any frozen or scalar type) is a struct
+``{value: T, writetime: int64, ttl: int32, expires_at: timestamp[s, UTC], deleted: bool}``:
+``writetime`` in µs as ``WRITETIME()`` returns it, ``ttl``/``expires_at`` set for TTL'd cells, and
+``deleted`` true for a cell tombstone (``value`` is then null).
+
+A *complex* column (non-frozen list, set, map or UDT) is a struct ``{deletion: int64, cells: ...}``:
+``deletion`` is the timestamp of a whole-collection deletion (an overwrite writes one at the write time
+minus 1), and ``cells`` the elements written, each with its own write time:
+
+- ``list<T>``: list of ``{path: string (the element's timeuuid), value: T, writetime, ttl, expires_at, deleted}``
+- ``set<T>``: list of ``{path: T, writetime, ttl, expires_at, deleted}``
+- ``map<K, V>``: list of ``{path: K, value: V, writetime, ttl, expires_at, deleted}``
+- UDT: struct with one simple-column cell struct per field (null where the field was not written)
+
+CQL → Arrow (the value ``T`` above, and key columns):
+
+- ascii, text, varchar → string; blob → binary; boolean → bool
+- tinyint/smallint/int/bigint → int8/int16/int32/int64; counter → int64 (the shard total the log holds)
+- float → float32; double → float64
+- varint, decimal → string holding the exact decimal text (Arrow decimals have a fixed precision and
+  scale; Cassandra's do not)
+- timestamp → timestamp[ms, UTC]; date → date32; time → time64[ns]; duration → month_day_nano_interval
+- uuid, timeuuid → string (canonical 36-character form); inet → string
+- frozen list/set → list<T>; frozen map → map<K, V>; tuple → struct<f0, f1, ...>; frozen UDT →
+  struct<fields>; vector<T, n> → fixed_size_list<T, n>
+
+An empty value (zero bytes, which Cassandra allows for most non-string types) becomes null.
+
+Every field carries metadata ``cdc_assets.cql_type`` (its CQL type) and ``cdc_assets.column_kind``;
+the schema carries ``cdc_assets.table`` (``keyspace.table``) and ``cdc_assets.table_id``.
+
+Python values handed to :class:`ChangeBatchBuilder` are whatever ``pyarrow.array`` accepts for the
+Arrow type: ints for timestamp (ms), date (days since 1970-01-01), time (ns); ``(months, days, nanos)``
+for duration; lists of ``(key, value)`` pairs for maps; dicts for structs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from cdc_assets.cassandra_schema.tables import Column, TableSchema
+from cdc_assets.cassandra_schema.types import CqlType
+
+SEGMENT_ID = "_cdc_segment_id"
+POSITION = "_cdc_position"
+KIND = "_cdc_kind"
+ROW_WRITETIME = "_cdc_row_writetime"
+ROW_TTL = "_cdc_row_ttl"
+ROW_EXPIRES_AT = "_cdc_row_expires_at"
+DELETION_WRITETIME = "_cdc_deletion_writetime"
+DELETION_TIME = "_cdc_deletion_time"
+RANGE_START = "_cdc_range_start"
+RANGE_START_INCLUSIVE = "_cdc_range_start_inclusive"
+RANGE_END = "_cdc_range_end"
+RANGE_END_INCLUSIVE = "_cdc_range_end_inclusive"
+
+KIND_ROW = "row"
+KIND_STATIC_ROW = "static_row"
+KIND_PARTITION_DELETION = "partition_deletion"
+KIND_RANGE_DELETION = "range_deletion"
+KINDS = (KIND_ROW, KIND_STATIC_ROW, KIND_PARTITION_DELETION, KIND_RANGE_DELETION)
+
+META_TABLE = b"cdc_assets.table"
+META_TABLE_ID = b"cdc_assets.table_id"
+META_CQL_TYPE = b"cdc_assets.cql_type"
+META_COLUMN_KIND = b"cdc_assets.column_kind"
+
+WRITETIME_TYPE = pa.int64()
+TTL_TYPE = pa.int32()
+SECONDS_TYPE = pa.timestamp("s", tz="UTC")
+
+_SCALARS: dict[str, pa.DataType] = {
+    "ascii": pa.string(),
+    "text": pa.string(),
+    "blob": pa.binary(),
+    "boolean": pa.bool_(),
+    "tinyint": pa.int8(),
+    "smallint": pa.int16(),
+    "int": pa.int32(),
+    "bigint": pa.int64(),
+    "counter": pa.int64(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "varint": pa.string(),
+    "decimal": pa.string(),
+    "timestamp": pa.timestamp("ms", tz="UTC"),
+    "date": pa.date32(),
+    "time": pa.time64("ns"),
+    "duration": pa.month_day_nano_interval(),
+    "uuid": pa.string(),
+    "timeuuid": pa.string(),
+    "inet": pa.string(),
+}
+
+
+def arrow_type(cql: CqlType) -> pa.DataType:
+    """The Arrow type of a CQL value (frozen form; see the module docstring for complex columns)."""
+    if cql.kind in _SCALARS:
+        return _SCALARS[cql.kind]
+    if cql.kind in ("list", "set"):
+        return pa.list_(arrow_type(cql.args[0]))
+    if cql.kind == "map":
+        return pa.map_(arrow_type(cql.args[0]), arrow_type(cql.args[1]))
+    if cql.kind == "tuple":
+        return pa.struct([pa.field(f"f{i}", arrow_type(arg)) for i, arg in enumerate(cql.args)])
+    if cql.kind == "udt":
+        return pa.struct([pa.field(name, arrow_type(arg)) for name, arg in zip(cql.field_names, cql.args)])
+    if cql.kind == "vector":
+        return pa.list_(arrow_type(cql.args[0]), cql.size)
+    raise ValueError(f"no Arrow type for CQL type {cql.cql()!r}")
+
+
+def _cell_fields(value: pa.DataType | None) -> list[pa.Field]:
+    fields = [] if value is None else [pa.field("value", value)]
+    return [
+        *fields,
+        pa.field("writetime", WRITETIME_TYPE),
+        pa.field("ttl", TTL_TYPE),
+        pa.field("expires_at", SECONDS_TYPE),
+        pa.field("deleted", pa.bool_()),
+    ]
+
+
+def simple_cell_type(cql: CqlType) -> pa.StructType:
+    return pa.struct(_cell_fields(arrow_type(cql)))
+
+
+def cell_type(cql: CqlType) -> pa.StructType:
+    """The Arrow type of a static or regular column's entry in a change batch."""
+    if not cql.is_complex:
+        return simple_cell_type(cql)
+    if cql.kind == "list":
+        cells: pa.DataType = pa.list_(pa.struct([pa.field("path", pa.string()), *_cell_fields(arrow_type(cql.args[0]))]))
+    elif cql.kind == "set":
+        cells = pa.list_(pa.struct([pa.field("path", arrow_type(cql.args[0])), *_cell_fields(None)]))
+    elif cql.kind == "map":
+        key, value = cql.args
+        cells = pa.list_(pa.struct([pa.field("path", arrow_type(key)), *_cell_fields(arrow_type(value))]))
+    else:
+        cells = pa.struct(
+            [pa.field(name, simple_cell_type(arg)) for name, arg in zip(cql.field_names, cql.args)]
+        )
+    return pa.struct([pa.field("deletion", WRITETIME_TYPE), pa.field("cells", cells)])
+
+
+def _column_field(column: Column, arrow: pa.DataType, nullable: bool = True) -> pa.Field:
+    metadata = {META_CQL_TYPE: column.type.cql().encode(), META_COLUMN_KIND: column.kind.encode()}
+    return pa.field(column.name, arrow, nullable=nullable, metadata=metadata)
+
+
+def clustering_struct_type(table: TableSchema) -> pa.StructType:
+    return pa.struct([pa.field(c.name, arrow_type(c.type)) for c in table.clustering])
+
+
+def change_batch_schema(table: TableSchema) -> pa.Schema:
+    """The Arrow schema of ``table``'s change batches."""
+    bound = clustering_struct_type(table)
+    fields = [
+        pa.field(SEGMENT_ID, pa.int64(), nullable=False),
+        pa.field(POSITION, pa.int32(), nullable=False),
+        pa.field(KIND, pa.string(), nullable=False),
+        *(_column_field(c, arrow_type(c.type), nullable=False) for c in table.partition_key),
+        *(_column_field(c, arrow_type(c.type)) for c in table.clustering),
+        pa.field(ROW_WRITETIME, WRITETIME_TYPE),
+        pa.field(ROW_TTL, TTL_TYPE),
+        pa.field(ROW_EXPIRES_AT, SECONDS_TYPE),
+        pa.field(DELETION_WRITETIME, WRITETIME_TYPE),
+        pa.field(DELETION_TIME, SECONDS_TYPE),
+        pa.field(RANGE_START, bound),
+        pa.field(RANGE_START_INCLUSIVE, pa.bool_()),
+        pa.field(RANGE_END, bound),
+        pa.field(RANGE_END_INCLUSIVE, pa.bool_()),
+        *(_column_field(c, cell_type(c.type)) for c in table.value_columns),
+    ]
+    metadata = {META_TABLE: table.qualified_name.encode(), META_TABLE_ID: str(table.id).encode()}
+    return pa.schema(fields, metadata=metadata)
+
+
+class ChangeBatchBuilder:
+    """Collects changes for one table, column by column, and turns them into one RecordBatch."""
+
+    def __init__(self, table: TableSchema):
+        self.table = table
+        self.schema = change_batch_schema(table)
+        self._columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        self._key_names = [c.name for c in table.partition_key]
+        self._clustering_names = [c.name for c in table.clustering]
+        self._value_names = [c.name for c in table.value_columns]
+        self._rows = 0
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def add(
+        self,
+        *,
+        segment_id: int,
+        position: int,
+        kind: str,
+        key: Mapping[str, Any],
+        clustering: Mapping[str, Any] | None = None,
+        cells: Mapping[str, Any] | None = None,
+        row_writetime: int | None = None,
+        row_ttl: int | None = None,
+        row_expires_at: int | None = None,
+        deletion_writetime: int | None = None,
+        deletion_time: int | None = None,
+        range_start: Mapping[str, Any] | None = None,
+        range_start_inclusive: bool | None = None,
+        range_end: Mapping[str, Any] | None = None,
+        range_end_inclusive: bool | None = None,
+    ) -> None:
+        """Append one change. ``cells`` maps column names to cell dicts shaped as the module describes."""
+        columns = self._columns
+        columns[SEGMENT_ID].append(segment_id)
+        columns[POSITION].append(position)
+        columns[KIND].append(kind)
+        for name in self._key_names:
+            columns[name].append(key[name])
+        for name in self._clustering_names:
+            columns[name].append(clustering.get(name) if clustering else None)
+        columns[ROW_WRITETIME].append(row_writetime)
+        columns[ROW_TTL].append(row_ttl)
+        columns[ROW_EXPIRES_AT].append(row_expires_at)
+        columns[DELETION_WRITETIME].append(deletion_writetime)
+        columns[DELETION_TIME].append(deletion_time)
+        columns[RANGE_START].append(range_start)
+        columns[RANGE_START_INCLUSIVE].append(range_start_inclusive)
+        columns[RANGE_END].append(range_end)
+        columns[RANGE_END_INCLUSIVE].append(range_end_inclusive)
+        for name in self._value_names:
+            columns[name].append(cells.get(name) if cells else None)
+        self._rows += 1
+
+    def finish(self) -> pa.RecordBatch:
+        """The batch of everything added so far; the builder starts empty again."""
+        arrays = [pa.array(self._columns[f.name], type=f.type) for f in self.schema]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        self._columns = {name: [] for name in self.schema.names}
+        self._rows = 0
+        return batch
+
+
+def build_change_batch(table: TableSchema, changes: Iterable[Mapping[str, Any]]) -> pa.RecordBatch:
+    """One batch from change dicts with :meth:`ChangeBatchBuilder.add`'s keyword names."""
+    builder = ChangeBatchBuilder(table)
+    for change in changes:
+        builder.add(**change)
+    return builder.finish()
