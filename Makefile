@@ -26,6 +26,7 @@ format: $(STAMP)
 	$(BIN)/ruff format cdc_assets cdc_assets_tests benchmarks
 
 test: lint
+	scripts/ensure-postgres.sh
 	$(BIN)/pytest -q
 
 bench-decode: $(STAMP)

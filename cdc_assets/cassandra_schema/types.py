@@ -70,8 +70,11 @@ class CqlType:
 
     @property
     def is_complex(self) -> bool:
-        """True for non-frozen collections and UDTs: each element is a cell of its own."""
-        return not self.frozen and self.kind in ("list", "set", "map", "udt")
+        """True for non-frozen collections and UDTs: each element is a cell of its own.
+
+        A non-frozen tuple only comes from :func:`parse_dropped_type`: a dropped non-frozen UDT.
+        """
+        return not self.frozen and self.kind in ("list", "set", "map", "udt", "tuple")
 
     @property
     def is_collection(self) -> bool:
@@ -120,6 +123,32 @@ def parse_type(text: str, udts: Mapping[str, CqlType] | None = None) -> CqlType:
     result = parser.parse()
     parser.expect_end()
     return result
+
+
+def parse_dropped_type(text: str) -> CqlType:
+    """Parse the type ``system_schema.dropped_columns`` stores for a dropped column.
+
+    Cassandra stores it with user types expanded to tuples, and reads a top-level ``tuple<...>`` not
+    wrapped in ``frozen<>`` as a *non-frozen* tuple: what a dropped non-frozen UDT became. Its cells
+    are laid out like the UDT's (the cell path is the field position), so it gets field names
+    ``f0, f1, ...``, the names a tuple's fields have in Arrow.
+    """
+    parsed = parse_type(text)
+    if parsed.kind != "tuple" or text.strip().lower().startswith("frozen"):
+        return parsed
+    return CqlType("tuple", parsed.args, field_names=tuple(f"f{i}" for i in range(len(parsed.args))))
+
+
+def substitute_udt(cql: CqlType, udt: CqlType) -> CqlType:
+    """``cql`` with every use of the user type named ``udt.name`` replaced by ``udt`` (after ALTER TYPE)."""
+    if cql.kind == "udt" and cql.name == udt.name:
+        return udt.freeze() if cql.frozen else udt
+    if not cql.args:
+        return cql
+    args = tuple(substitute_udt(arg, udt) for arg in cql.args)
+    if args == cql.args:
+        return cql
+    return CqlType(cql.kind, args, cql.frozen, cql.name, cql.field_names, cql.size)
 
 
 class _TypeParser:

@@ -1,0 +1,291 @@
+"""The commit log reader: segment files in, change batches (one Arrow RecordBatch per table) out.
+
+A pipeline of small stages, as Cassandra's own reader is: descriptor -> sync sections -> entries ->
+mutations -> changes. Nothing here knows about Dagster or the destinations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import total_ordering
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from cdc_assets.cassandra_schema.log_changes import SchemaTracker
+from cdc_assets.cassandra_schema.system_tables import SYSTEM_SCHEMA_TABLES, SYSTEM_TABLE_NAMES
+from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
+from cdc_assets.change_batch import ChangeBatchBuilder
+from cdc_assets.commitlog.descriptor import DECODABLE_VERSIONS, SegmentDescriptor, read_descriptor
+from cdc_assets.commitlog.encryption import EncryptionKeys
+from cdc_assets.commitlog.entries import split_entries
+from cdc_assets.commitlog.errors import CommitLogError, MutationDecodeError, UnknownTableError
+from cdc_assets.commitlog.mutation import MutationDecoder
+from cdc_assets.commitlog.sections import iter_sections
+from cdc_assets.dead_letters import DeadLetter
+
+log = logging.getLogger(__name__)
+
+
+@total_ordering
+@dataclass(frozen=True)
+class Position:
+    """A place in the commit log: a segment id and a logical offset in it (an entry's end)."""
+
+    segment_id: int
+    offset: int
+
+    def __lt__(self, other: Position) -> bool:
+        return (self.segment_id, self.offset) < (other.segment_id, other.offset)
+
+    def __str__(self) -> str:
+        return f"{self.segment_id}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """Parse ``SEGMENT_ID:OFFSET``."""
+        segment, sep, offset = text.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            return cls(int(segment), int(offset))
+        except ValueError:
+            raise ValueError(f"position {text!r} is not SEGMENT_ID:OFFSET (two integers)") from None
+
+
+@dataclass
+class ReadStats:
+    """What one read did, for logs and asset metadata."""
+
+    entries: int = 0
+    mutations: int = 0
+    changes: int = 0
+    bytes_read: int = 0
+    skipped_system: int = 0
+    skipped_not_cdc: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    problems: list[CommitLogError] = field(default_factory=list)
+    schema_changes: list[str] = field(default_factory=list)
+    last_position: Position | None = None
+    end_of_segment: bool = False
+
+
+@dataclass
+class ReadResult:
+    """One read's output: a change batch per table (by ``keyspace.table``) and what happened on the way."""
+
+    batches: dict[str, pa.RecordBatch]
+    tables: dict[str, TableSchema]
+    stats: ReadStats
+
+
+@dataclass(frozen=True)
+class Change:
+    """One decoded change with its table and source position (the streaming form ``dump`` prints)."""
+
+    table: TableSchema
+    segment_id: int
+    position: int
+    fields: dict[str, Any]
+
+
+@dataclass
+class SegmentScan:
+    """The framing of a segment without decoding mutations: what ``scan_segment`` finds."""
+
+    descriptor: SegmentDescriptor
+    entries: list[tuple[int, bytes]]
+    problems: list[CommitLogError]
+
+
+def scan_segment(path: str | os.PathLike[str], *, keys: EncryptionKeys | None = None) -> SegmentScan:
+    """Walk a segment's sections and entries, checking every CRC, without decoding mutations.
+
+    Works for every segment version with the 3.0+ framing, including the 2.2 (version 5) segments
+    whose mutation bodies use the pre-3.0 format.
+    """
+    path = os.fspath(path)
+    data = Path(path).read_bytes()
+    descriptor = read_descriptor(data, path)
+    problems: list[CommitLogError] = []
+    entries: list[tuple[int, bytes]] = []
+    for section in iter_sections(data, descriptor, path, problems, keys=keys):
+        found, end = split_entries(section, path, problems)
+        entries += [(position, bytes(body)) for position, body in found]
+        if end:
+            break
+    return SegmentScan(descriptor, entries, problems)
+
+
+class CommitLogReader:
+    """Reads segments with a schema registry, tracking schema changes found in the log itself.
+
+    ``keys`` decrypts encrypted segments. With ``track_schema``, mutations of ``system_schema`` tables
+    update the registry in log order, so every mutation is decoded with the schema it was written under.
+    """
+
+    def __init__(
+        self, registry: SchemaRegistry, *, keys: EncryptionKeys | None = None, track_schema: bool = True
+    ) -> None:
+        self.registry = registry
+        self.keys = keys
+        self._tracker = None
+        self._system_ids: frozenset = frozenset()
+        if track_schema:
+            for table in SYSTEM_SCHEMA_TABLES:
+                registry.add(table)
+            self._system_ids = frozenset(table.id for table in SYSTEM_SCHEMA_TABLES)
+            self._tracker = SchemaTracker(registry)
+        self._decoders: dict[int, MutationDecoder] = {}
+
+    def _decoder(self, messaging_version: int) -> MutationDecoder:
+        decoder = self._decoders.get(messaging_version)
+        if decoder is None:
+            decoder = self._decoders[messaging_version] = MutationDecoder(self.registry, messaging_version)
+        return decoder
+
+    def iter_changes(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        after: Position | None = None,
+        limit: int | None = None,
+        stats: ReadStats | None = None,
+    ) -> Iterator[Change]:
+        """Stream the changes of one segment, in log order.
+
+        ``after`` resumes strictly after a saved position (entries of that segment ending at or before it
+        are not decoded; a position in an older segment reads everything, one in a newer segment nothing).
+        ``limit`` is a logical offset not to read past, such as the ``_cdc.idx`` durable offset.
+        """
+        stats = stats if stats is not None else ReadStats()
+        path = os.fspath(path)
+        data = Path(path).read_bytes()
+        descriptor = read_descriptor(data, path)
+        if descriptor.version not in DECODABLE_VERSIONS:
+            raise CommitLogError(
+                path, 0, f"commit log version {descriptor.version} holds pre-3.0 mutations, which are not decoded"
+            )
+        skip_to = 0
+        if after is not None:
+            if after.segment_id > descriptor.segment_id:
+                return
+            if after.segment_id == descriptor.segment_id:
+                skip_to = after.offset
+        decoder = self._decoder(descriptor.messaging_version)
+        name = Path(path).name
+        for section in iter_sections(
+            data, descriptor, path, stats.problems, limit=limit, after=skip_to, keys=self.keys
+        ):
+            entries, end = split_entries(section, path, stats.problems, after=skip_to)
+            stats.bytes_read += section.logical_end - section.logical_start
+            for position, body in entries:
+                stats.entries += 1
+                stats.last_position = Position(descriptor.segment_id, position)
+                yield from self._mutation_changes(decoder, descriptor, name, position, body, stats)
+            if end:
+                stats.end_of_segment = True
+                break
+        for problem in stats.problems:
+            log.warning("%s", problem)
+
+    def _mutation_changes(
+        self,
+        decoder: MutationDecoder,
+        descriptor: SegmentDescriptor,
+        name: str,
+        position: int,
+        body: memoryview,
+        stats: ReadStats,
+    ) -> Iterator[Change]:
+        try:
+            updates = decoder.decode(body)
+        except UnknownTableError as error:
+            if error.table_id in SYSTEM_TABLE_NAMES:
+                stats.skipped_system += 1
+                return
+            self._dead_letter(stats, name, position, body, f"unknown table id {error.table_id}", None)
+            return
+        except MutationDecodeError as error:
+            table = self.registry.get(decoder.table_id(body))
+            self._dead_letter(stats, name, position, body, str(error), table.qualified_name if table else None)
+            return
+        stats.mutations += 1
+        schema_changed = False
+        for table, changes in updates:
+            if table.id in self._system_ids:
+                stats.schema_changes.extend(self._tracker.apply(table, changes))
+                schema_changed = True
+                continue
+            if not table.cdc:
+                stats.skipped_not_cdc += 1
+                continue
+            for change in changes:
+                stats.changes += 1
+                yield Change(table, descriptor.segment_id, position, change)
+        if schema_changed:
+            for cached in self._decoders.values():
+                cached.refresh()
+
+    def _dead_letter(
+        self, stats: ReadStats, name: str, position: int, body: memoryview, reason: str, table: str | None
+    ) -> None:
+        letter = DeadLetter("reader", reason, name, position, table, bytes(body))
+        log.warning("set aside mutation at %s:%d: %s", name, position, reason)
+        stats.dead_letters.append(letter)
+
+    def read_segment(
+        self, path: str | os.PathLike[str], *, after: Position | None = None, limit: int | None = None
+    ) -> ReadResult:
+        """Read one segment into one change batch per table."""
+        return self.read_segments([path], after=after, limits={os.fspath(path): limit})
+
+    def read_segments(
+        self,
+        paths: list[str | os.PathLike[str]],
+        *,
+        after: Position | None = None,
+        limits: dict[str, int | None] | None = None,
+    ) -> ReadResult:
+        """Read segments (in the order given; sort by id first) into one change batch per table."""
+        stats = ReadStats()
+        builders: dict[str, ChangeBatchBuilder] = {}
+        finished: dict[str, list[pa.RecordBatch]] = {}
+        for path in paths:
+            limit = (limits or {}).get(os.fspath(path))
+            for change in self.iter_changes(path, after=after, limit=limit, stats=stats):
+                table = change.table
+                builder = builders.get(table.qualified_name)
+                if builder is None or builder.table is not table:
+                    # The table's schema changed in the log: close its batch so far, start one with the new schema.
+                    if builder is not None and len(builder):
+                        finished.setdefault(table.qualified_name, []).append(builder.finish())
+                    builder = builders[table.qualified_name] = ChangeBatchBuilder(table)
+                builder.add(segment_id=change.segment_id, position=change.position, **change.fields)
+        for name, builder in builders.items():
+            if len(builder):
+                finished.setdefault(name, []).append(builder.finish())
+        batches = {name: _merge_batches(parts, builders[name].schema) for name, parts in finished.items()}
+        tables = {name: builders[name].table for name in batches}
+        return ReadResult(batches, tables, stats)
+
+
+def _merge_batches(parts: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
+    """One batch in the newest schema: columns added later are null in older rows, dropped ones disappear."""
+    if len(parts) == 1:
+        return parts[0]
+    conformed = []
+    for part in parts:
+        columns = []
+        for target in schema:
+            index = part.schema.get_field_index(target.name)
+            if index >= 0 and part.schema.field(index).type == target.type:
+                columns.append(part.column(index))
+            else:
+                columns.append(pa.nulls(part.num_rows, target.type))
+        conformed.append(pa.RecordBatch.from_arrays(columns, schema=schema))
+    return pa.Table.from_batches(conformed, schema=schema).combine_chunks().to_batches()[0]

@@ -1,0 +1,120 @@
+"""The CDC directory: only durable bytes (up to the idx offset) are read; COMPLETED finishes a segment."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from cdc_assets.cassandra_schema.cql_file import load_cql_file
+from cdc_assets.commitlog.cdc_dir import (
+    CdcIndex,
+    IndexNotReadyError,
+    list_cdc_segments,
+    parse_cdc_index,
+    read_cdc_index,
+    read_new_changes,
+)
+from cdc_assets.commitlog.reader import CommitLogReader, Position
+from cdc_assets_tests.shared_fixtures import SCHEMA_FIXTURES, segments
+
+SEGMENT = segments("4.0.11")[0]
+# Section ends in the real 4.0.11 segment (format notes, appendix A): 467, 1576, 75003, 75011.
+
+
+def _reader() -> CommitLogReader:
+    return CommitLogReader(load_cql_file(SCHEMA_FIXTURES / "standard1-4.0.11.cql"))
+
+
+@pytest.fixture
+def cdc_raw(tmp_path: Path) -> Path:
+    directory = tmp_path / "cdc_raw"
+    directory.mkdir()
+    shutil.copy(SEGMENT, directory / SEGMENT.name)
+    return directory
+
+
+def _write_index(cdc_raw: Path, offset: int, completed: bool = False) -> None:
+    text = f"{offset}\nCOMPLETED" if completed else str(offset)
+    (cdc_raw / SEGMENT.name.replace(".log", "_cdc.idx")).write_text(text)
+
+
+def _positions(read) -> list[int]:
+    batch = read.result.batches.get("Keyspace1.Standard1")
+    return [] if batch is None else batch.column("_cdc_position").to_pylist()
+
+
+def test_idx_text_is_parsed_as_offset_and_completion() -> None:
+    assert parse_cdc_index("75011") == CdcIndex(75011, False)
+    assert parse_cdc_index("75011\nCOMPLETED") == CdcIndex(75011, True)
+    assert parse_cdc_index("") is None
+    assert parse_cdc_index("75011\nCOMPL") is None
+
+
+def test_a_segment_without_idx_is_not_read(cdc_raw: Path) -> None:
+    read = read_new_changes(_reader(), cdc_raw, None)
+    assert _positions(read) == []
+    assert read.position is None
+
+
+def test_reading_stops_at_the_durable_offset_and_resumes_without_duplicates(cdc_raw: Path) -> None:
+    reader = _reader()
+    _write_index(cdc_raw, 1576)
+    first = read_new_changes(reader, cdc_raw, None)
+    assert first.position is not None and first.position.offset <= 1576
+    assert all(position <= 1576 for position in _positions(first))
+    _write_index(cdc_raw, 75011, completed=True)
+    second = read_new_changes(reader, cdc_raw, first.position)
+    everything = read_new_changes(_reader(), cdc_raw, None)
+    assert sorted(_positions(first) + _positions(second)) == sorted(_positions(everything))
+    assert len(_positions(everything)) == 355
+    assert [s.path.name for s in second.finished_segments] == [SEGMENT.name]
+
+
+def test_newer_segments_wait_until_older_ones_are_completed(cdc_raw: Path) -> None:
+    newer = cdc_raw / "CommitLog-7-1699285478685.log"
+    newer.write_bytes(b"")
+    (cdc_raw / "CommitLog-7-1699285478685_cdc.idx").write_text("20")
+    _write_index(cdc_raw, 75011)
+    read = read_new_changes(_reader(), cdc_raw, None)
+    assert read.finished_segments == []
+    assert read.position == Position(1699285478684, max(_positions(read)))
+
+
+def test_an_empty_idx_caught_mid_rewrite_is_retried_not_read_as_zero(tmp_path: Path) -> None:
+    index = tmp_path / "CommitLog-7-1_cdc.idx"
+    index.write_text("")
+    with pytest.raises(IndexNotReadyError):
+        read_cdc_index(index, attempts=3, pause=0)
+    segment = tmp_path / "CommitLog-7-1.log"
+    segment.write_bytes(b"")
+    assert list_cdc_segments(tmp_path)[0].index is None
+
+
+def test_idx_rewritten_concurrently_is_never_misread(tmp_path: Path) -> None:
+    index = tmp_path / "CommitLog-7-1_cdc.idx"
+    written = [str(offset) for offset in range(100_000, 100_000 + 400 * 37, 37)]
+    index.write_text(written[0])
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        for text in written:
+            with index.open("w") as out:  # truncate, then write: what Cassandra's FileWriter does
+                out.flush()
+                out.write(text)
+        stop.set()
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    seen = []
+    while not stop.is_set():
+        try:
+            seen.append(read_cdc_index(index, pause=0.0001).offset)
+        except IndexNotReadyError:
+            continue
+    writer.join()
+    valid = {int(text) for text in written}
+    assert seen and set(seen) <= valid
+    assert seen == sorted(seen)
