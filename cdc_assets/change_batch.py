@@ -211,6 +211,20 @@ def change_batch_schema(table: TableSchema) -> pa.Schema:
     return pa.schema(fields, metadata=metadata)
 
 
+# Batch column -> change dict key, for the per-change fields between the key columns and the cells.
+_ROW_FIELDS = {
+    ROW_WRITETIME: "row_writetime",
+    ROW_TTL: "row_ttl",
+    ROW_EXPIRES_AT: "row_expires_at",
+    DELETION_WRITETIME: "deletion_writetime",
+    DELETION_TIME: "deletion_time",
+    RANGE_START: "range_start",
+    RANGE_START_INCLUSIVE: "range_start_inclusive",
+    RANGE_END: "range_end",
+    RANGE_END_INCLUSIVE: "range_end_inclusive",
+}
+
+
 class ChangeBatchBuilder:
     """Collects changes for one table, column by column, and turns them into one RecordBatch."""
 
@@ -246,23 +260,25 @@ class ChangeBatchBuilder:
         range_end_inclusive: bool | None = None,
     ) -> None:
         """Append one change. ``cells`` maps column names to cell dicts shaped as the module describes."""
+        fields = {name: value for name, value in locals().items() if name not in ("self", "segment_id", "position")}
+        self.append(segment_id, position, fields)
+
+    def append(self, segment_id: int, position: int, fields: Mapping[str, Any]) -> None:
+        """Append one change given as a dict with :meth:`add`'s keyword names (absent ones are null)."""
         columns = self._columns
+        get = fields.get
         columns[SEGMENT_ID].append(segment_id)
         columns[POSITION].append(position)
-        columns[KIND].append(kind)
+        columns[KIND].append(fields["kind"])
+        key = fields["key"]
         for name in self._key_names:
             columns[name].append(key[name])
+        clustering = get("clustering")
         for name in self._clustering_names:
             columns[name].append(clustering.get(name) if clustering else None)
-        columns[ROW_WRITETIME].append(row_writetime)
-        columns[ROW_TTL].append(row_ttl)
-        columns[ROW_EXPIRES_AT].append(row_expires_at)
-        columns[DELETION_WRITETIME].append(deletion_writetime)
-        columns[DELETION_TIME].append(deletion_time)
-        columns[RANGE_START].append(range_start)
-        columns[RANGE_START_INCLUSIVE].append(range_start_inclusive)
-        columns[RANGE_END].append(range_end)
-        columns[RANGE_END_INCLUSIVE].append(range_end_inclusive)
+        for name in _ROW_FIELDS:
+            columns[name].append(get(_ROW_FIELDS[name]))
+        cells = get("cells")
         for name in self._value_names:
             columns[name].append(cells.get(name) if cells else None)
         self._rows += 1

@@ -265,7 +265,7 @@ class CommitLogReader:
                     if builder is not None and len(builder):
                         finished.setdefault(table.qualified_name, []).append(builder.finish())
                     builder = builders[table.qualified_name] = ChangeBatchBuilder(table)
-                builder.add(segment_id=change.segment_id, position=change.position, **change.fields)
+                builder.append(change.segment_id, change.position, change.fields)
         for name, builder in builders.items():
             if len(builder):
                 finished.setdefault(name, []).append(builder.finish())
