@@ -73,7 +73,6 @@ class ColumnDecoder:
     path: Decoder | None = None
     field_names: tuple[str, ...] = ()
     field_decoders: tuple[Decoder, ...] = ()
-    field_lengths: tuple[int | None, ...] = ()
     dropped_at: int | None = None
 
     @property
@@ -82,19 +81,17 @@ class ColumnDecoder:
 
 
 def _column_decoder(name: str, cql: CqlType, dropped_at: int | None = None) -> ColumnDecoder:
+    # Cells of a multi-cell column are always length-prefixed, even when the element type has a fixed
+    # size: the column's own type (a non-frozen collection or UDT) is never fixed-length.
     if not cql.is_complex:
         return ColumnDecoder(name, cql, value_decoder(cql), cql.fixed_length, dropped_at=dropped_at)
     if cql.kind == "list":
-        return ColumnDecoder(
-            name, cql, value_decoder(cql.args[0]), cql.args[0].fixed_length, format_uuid, dropped_at=dropped_at
-        )
+        return ColumnDecoder(name, cql, value_decoder(cql.args[0]), None, format_uuid, dropped_at=dropped_at)
     if cql.kind == "set":
         return ColumnDecoder(name, cql, None, 0, value_decoder(cql.args[0]), dropped_at=dropped_at)
     if cql.kind == "map":
         key, item = cql.args
-        return ColumnDecoder(
-            name, cql, value_decoder(item), item.fixed_length, value_decoder(key), dropped_at=dropped_at
-        )
+        return ColumnDecoder(name, cql, value_decoder(item), None, value_decoder(key), dropped_at=dropped_at)
     return ColumnDecoder(
         name,
         cql,
@@ -103,7 +100,6 @@ def _column_decoder(name: str, cql: CqlType, dropped_at: int | None = None) -> C
         lambda raw: int.from_bytes(raw, "big", signed=True),
         cql.field_names,
         tuple(value_decoder(arg) for arg in cql.args),
-        tuple(arg.fixed_length for arg in cql.args),
         dropped_at,
     )
 
@@ -396,7 +392,7 @@ class MutationDecoder:
                 cells[column.name] = {"deletion": deletion, "cells": elements}
         if cells:
             change["cells"] = cells
-        if len(change) > 2 + (clustering is not None):
+        if len(change) > 2 + bool(clustering):
             changes.append(change)
         return pos
 
@@ -440,7 +436,7 @@ class MutationDecoder:
                     raise MutationDecodeError(
                         f"field {path} of {column.name!r} is not in the schema's {column.type.cql()}"
                     )
-                value_decoder_, fixed_length = column.field_decoders[path], column.field_lengths[path]
+                value_decoder_ = column.field_decoders[path]
         if flags & CELL_HAS_EMPTY_VALUE:
             raw = b""
         elif fixed_length is not None:

@@ -45,7 +45,8 @@ def _decimal(raw: bytes) -> str | None:
         return None
     (scale,) = _INT32.unpack_from(raw, 0)
     unscaled = int.from_bytes(raw[4:], "big", signed=True)
-    return str(Decimal(unscaled).scaleb(-scale))
+    # Built from its digits, not by arithmetic, so no context precision rounds it.
+    return str(Decimal((int(unscaled < 0), tuple(map(int, str(abs(unscaled)))), -scale)))
 
 
 def _duration(raw: bytes) -> tuple[int, int, int] | None:
