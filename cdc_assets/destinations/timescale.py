@@ -1,0 +1,282 @@
+"""The TimescaleDB destination: the change history as a hypertable on write time, plus PostgreSQL's current state.
+
+Everything :mod:`postgres` builds is built here too (storage tables, current-state view, load ledger),
+with the same merge. In addition each load appends its changes, unreduced, to ``"<table>__changes"``:
+one row per change part (``pg_staging`` describes the columns), with ``_cdc_time`` (the change's latest
+write time: the time dimension), ``_cdc_segment_id``/``_cdc_position`` (where it was read) and
+``_cdc_key`` (the part's kind and key). The unique index on those four makes a replay a no-op; it
+includes ``_cdc_time`` because TimescaleDB requires unique indexes to include the time column.
+
+With the ``timescaledb`` extension the history is a hypertable (``chunk_interval``), compressed after
+``compress_after`` (segmented by partition key) and dropped after ``retention``. Without it the
+destination refuses to start, unless ``allow_plain_postgres=True``: then it warns and keeps the history
+in a table range-partitioned on ``_cdc_time`` (one partition per ``chunk_interval``, created as loads
+need them; partitions past ``retention`` are dropped after each load; there is no compression).
+The current state never depends on the history, so retention never changes what the view shows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cdc_assets import change_batch as cb
+from cdc_assets.cassandra_schema.tables import Column, TableSchema
+from cdc_assets.dead_letters import DeadLetterStore
+from cdc_assets.destinations import pg_staging as st
+from cdc_assets.destinations.base import PermanentDestinationError
+from cdc_assets.destinations.postgres import PgTableSql, PostgresDestination, copy_rows, ident
+
+log = logging.getLogger(__name__)
+
+HISTORY_SUFFIX = "__changes"
+HISTORY_STAGE = "_cdc_history_stage"
+TIME = "_cdc_time"
+SEGMENT = "_cdc_segment_id"
+POSITION = "_cdc_position"
+KEY = "_cdc_key"
+# The history's time column spans years 1-9999 (a counter tombstone's write time is the maximum).
+_MIN_US, _MAX_US = -62135596800000000, 253402300799999999
+
+
+def history_columns(table: TableSchema, columns: Sequence[Column]) -> list[tuple[str, str]]:
+    """The history table's columns: where and when each change part happened, then its staging columns."""
+    where = [(TIME, "timestamptz"), (SEGMENT, "bigint"), (POSITION, "integer"), (KEY, "bytea")]
+    return where + st.staging_columns(table, columns)
+
+
+def _interval(delta: timedelta) -> str:
+    return f"interval '{int(delta.total_seconds())} seconds'"
+
+
+def history_ddl(sql: PgTableSql, columns: Sequence[Column], *, partitioned: bool) -> list[str]:
+    """Statements creating (or widening) the history table and its unique index.
+
+    ``partitioned``: declare it range-partitioned on the time column (plain PostgreSQL), rather than leave
+    it to become a hypertable.
+    """
+    history = sql.name(HISTORY_SUFFIX)
+    definition = ", ".join(f"{ident(name)} {pg}" for name, pg in history_columns(sql.table, []))
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {history} ({definition})"
+        + (f" PARTITION BY RANGE ({TIME})" if partitioned else "")
+    ]
+    additions = [f"ADD COLUMN IF NOT EXISTS {ident(n)} {pg}" for c in columns for n, pg in st.cell_columns(c)]
+    if additions:
+        statements.append(f"ALTER TABLE {history} " + ", ".join(additions))
+    statements.append(
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {ident(sql.table.name + HISTORY_SUFFIX + '_key')} "
+        f"ON {history} ({SEGMENT}, {POSITION}, {KEY}, {TIME})"
+    )
+    return statements
+
+
+def hypertable_sql(
+    sql: PgTableSql,
+    *,
+    chunk_interval: timedelta,
+    compress_after: timedelta | None,
+    retention: timedelta | None,
+) -> list[str]:
+    """Statements turning the (already created) history table into a hypertable with its policies."""
+    history = sql.name(HISTORY_SUFFIX)
+    literal = "'" + history.replace("'", "''") + "'"
+    statements = [
+        "CREATE EXTENSION IF NOT EXISTS timescaledb",
+        f"SELECT create_hypertable({literal}, '{TIME}', chunk_time_interval => {_interval(chunk_interval)}, "
+        "if_not_exists => true, migrate_data => true)",
+    ]
+    if compress_after is not None:
+        segment_by = ", ".join(ident(c.name) for c in sql.table.partition_key).replace("'", "''")
+        statements += [
+            f"ALTER TABLE {history} SET (timescaledb.compress, timescaledb.compress_segmentby = '{segment_by}', "
+            f"timescaledb.compress_orderby = '{TIME} DESC')",
+            f"SELECT add_compression_policy({literal}, {_interval(compress_after)}, if_not_exists => true)",
+        ]
+    if retention is not None:
+        statements.append(f"SELECT add_retention_policy({literal}, {_interval(retention)}, if_not_exists => true)")
+    return statements
+
+
+class TimescaleDestination(PostgresDestination):
+    """PostgreSQL's current state plus a change-history hypertable (see the module docstring)."""
+
+    name = "timescaledb"
+
+    def __init__(
+        self,
+        dsn: str,
+        schema_prefix: str = "",
+        *,
+        chunk_interval: timedelta = timedelta(days=1),
+        compress_after: timedelta | None = timedelta(days=7),
+        retention: timedelta | None = None,
+        allow_plain_postgres: bool = False,
+        dead_letters: DeadLetterStore | None = None,
+        connect_timeout: int = 10,
+    ):
+        super().__init__(dsn, schema_prefix, dead_letters=dead_letters, connect_timeout=connect_timeout)
+        self.chunk_interval = chunk_interval
+        self.compress_after = compress_after
+        self.retention = retention
+        self.allow_plain_postgres = allow_plain_postgres
+        self._timescale: bool | None = None
+        self._histories: dict[tuple[str, str], TableSchema] = {}
+
+    @property
+    def uses_timescale(self) -> bool:
+        """Whether the history is a TimescaleDB hypertable (else plain PostgreSQL partitioning)."""
+        if self._timescale is None:
+            self._timescale = self._detect()
+        return self._timescale
+
+    def _detect(self) -> bool:
+        with self._transaction() as cursor:
+            cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+            available = cursor.fetchone() is not None
+        if available:
+            return True
+        if not self.allow_plain_postgres:
+            raise PermanentDestinationError(
+                "the timescaledb extension is not available on this PostgreSQL server: install TimescaleDB, "
+                "or set allow_plain_postgres=True to keep the change history in plain range-partitioned tables"
+            )
+        log.warning(
+            "timescaledb extension not available: the change history uses plain PostgreSQL range partitioning "
+            "on %s (no compression%s)",
+            TIME,
+            "" if self.retention is None else f"; partitions older than {self.retention} are dropped after loads",
+        )
+        return False
+
+    def _ensure(self, table: TableSchema) -> dict[str, str]:
+        incompatible = super()._ensure(table)
+        sql = self.sql(table)
+        if self._histories.get((sql.schema, table.name)) == table:
+            return incompatible
+        timescale = self.uses_timescale
+        columns = [c for c in table.value_columns if c.name not in incompatible]
+        with self._transaction() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"cdc_assets:{self.helper}"])
+            for statement in history_ddl(sql, columns, partitioned=not timescale):
+                cursor.execute(statement)
+            if timescale:
+                for statement in hypertable_sql(
+                    sql,
+                    chunk_interval=self.chunk_interval,
+                    compress_after=self.compress_after,
+                    retention=self.retention,
+                ):
+                    cursor.execute(statement)
+        self._histories[(sql.schema, table.name)] = table
+        return incompatible
+
+    def _merge(
+        self,
+        cursor: psycopg.Cursor,
+        table: TableSchema,
+        batch: pa.RecordBatch,
+        columns: Sequence[Column],
+        parts: st.Parts,
+    ) -> None:
+        super()._merge(cursor, table, batch, columns, parts)
+        self._append_history(cursor, table, batch, columns, parts)
+        if not self.uses_timescale and self.retention is not None:
+            self._drop_expired_partitions(cursor, table)
+
+    def _append_history(
+        self,
+        cursor: psycopg.Cursor,
+        table: TableSchema,
+        batch: pa.RecordBatch,
+        columns: Sequence[Column],
+        parts: st.Parts,
+    ) -> None:
+        """Append the batch's change parts to the history; parts already there (a replay) are skipped."""
+        sql = self.sql(table)
+        history = history_columns(table, columns)
+        times = _write_times(parts, columns)
+        sources = parts.table.column(st.SOURCE).combine_chunks()
+        extra = {
+            TIME: pc.cast(times, pa.timestamp("us", tz="UTC")),
+            SEGMENT: pc.take(batch.column(cb.SEGMENT_ID), sources),
+            POSITION: pc.take(batch.column(cb.POSITION), sources),
+            KEY: st.part_keys(parts),
+        }
+        with_time = st.Parts(parts.table, parts.elements)
+        for name, values in extra.items():
+            with_time.table = with_time.table.append_column(name, values)
+        if not self.uses_timescale:
+            self._create_partitions(cursor, sql, times)
+        definition = ", ".join(f"{ident(name)} {pg}" for name, pg in history)
+        cursor.execute(f"CREATE TEMPORARY TABLE {HISTORY_STAGE} ({definition}) ON COMMIT DROP")
+        copy_rows(cursor, HISTORY_STAGE, history, with_time)
+        names = ", ".join(ident(name) for name, _ in history)
+        cursor.execute(
+            f"INSERT INTO {sql.name(HISTORY_SUFFIX)} ({names}) SELECT {names} FROM {HISTORY_STAGE} "
+            "ON CONFLICT DO NOTHING"
+        )
+
+    def _create_partitions(self, cursor: psycopg.Cursor, sql: PgTableSql, times: pa.Array) -> None:
+        """Create the range partitions (one per chunk interval) the history rows about to be written need."""
+        width = int(self.chunk_interval.total_seconds() * 1_000_000)
+        starts = np.unique(times.to_numpy(zero_copy_only=False) // width * width)
+        for start in starts.tolist():
+            lower = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=start)
+            upper = lower + self.chunk_interval
+            # DDL takes no parameters; ISO timestamps contain no quote.
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {sql.name(_partition_suffix(lower))} "
+                f"PARTITION OF {sql.name(HISTORY_SUFFIX)} "
+                f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+            )
+
+    def _drop_expired_partitions(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
+        """Plain-PostgreSQL retention: drop history partitions that end before now minus the retention."""
+        assert self.retention is not None
+        sql = self.sql(table)
+        cursor.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(%s)",
+            [sql.name(HISTORY_SUFFIX)],
+        )
+        cutoff = datetime.now(UTC) - self.retention
+        for name, _bound in cursor.fetchall():
+            lower = _partition_start(name, table.name)
+            if lower is not None and lower + self.chunk_interval <= cutoff:
+                cursor.execute(f"DROP TABLE {ident(sql.schema)}.{ident(name)}")
+
+
+def _partition_suffix(lower: datetime) -> str:
+    return f"__c{int(lower.timestamp())}"
+
+
+def _partition_start(name: str, table: str) -> datetime | None:
+    prefix = table + "__c"
+    if not name.startswith(prefix):
+        return None
+    return datetime.fromtimestamp(int(name[len(prefix) :]), UTC)
+
+
+def _write_times(parts: st.Parts, columns: Sequence[Column]) -> pa.Array:
+    """Each part's latest write time (µs): liveness, deletions, cells and collection elements."""
+    table = parts.table
+    arrays = [table.column(st.LIVE_TS), table.column(st.DELETED_AT)]
+    for column in columns:
+        if column.type.is_complex:
+            arrays.append(table.column(st.deleted_at_name(column.name)))
+            latest = [
+                None if e is None or not e else max(v["ts"] for v in e.values()) for e in parts.elements[column.name]
+            ]
+            arrays.append(pa.chunked_array([pa.array(latest, pa.int64())]))
+        else:
+            arrays.append(table.column(st.ts_name(column.name)))
+    latest = pc.max_element_wise(*arrays, skip_nulls=True)
+    clamped = pc.min_element_wise(pc.max_element_wise(pc.fill_null(latest, 0), _MIN_US), _MAX_US)
+    return clamped.combine_chunks() if isinstance(clamped, pa.ChunkedArray) else clamped
