@@ -5,6 +5,9 @@ A change dict has the keyword names of ``ChangeBatchBuilder.add`` (without segme
 
 from __future__ import annotations
 
+import functools
+import os
+import struct
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +31,11 @@ from cdc_assets.commitlog.primitives import (
     s64,
 )
 from cdc_assets.commitlog.values import Decoder, format_uuid, partition_key_decoder, value_decoder
+
+try:
+    from cdc_assets.commitlog import _mutation_accel
+except ImportError:  # the optional C extension did not build: the pure-Python decoder does all the work
+    _mutation_accel = None
 
 # Partition flags (10.3)
 IS_EMPTY = 0x01
@@ -60,6 +68,9 @@ _BOUND_KINDS = {
     7: (False, None, True, False),
 }
 NO_DELETION_TIME_V13 = MASK32
+# What decoding bad bytes raises besides IndexError: ValueError (a bad inet, a short table id),
+# UnicodeDecodeError, and struct.error (a float, decimal or frozen collection cut short).
+_MALFORMED = (IndexError, ValueError, UnicodeDecodeError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,27 @@ class TableDecoder:
                     dropped.name, dropped.type, dropped_at=dropped.dropped_at
                 )
 
+    def spec(self) -> tuple:
+        """This table in the plain form the C accelerator compiles (see ``_mutation_accel.c``).
+
+        ``(table, key decoder, key columns, clustering columns, value columns)``. Each value carries the
+        kind of its CQL type, so that the C code decodes the common scalars itself, beside its pure decoder,
+        which it calls for every other value.
+        """
+        table = self.table
+        key = tuple((c.name, None, c.type.kind, value_decoder(c.type)) for c in table.partition_key)
+        clustering = tuple(
+            (name, fixed, column.type.kind, decode)
+            for (name, fixed, decode), column in zip(self.clustering, table.clustering)
+        )
+        columns = tuple(_column_spec(raw_name, column) for raw_name, column in self.columns.items())
+        return table, self.key, key, clustering, columns
+
+    @functools.cached_property
+    def compiled(self) -> object:
+        """The C accelerator's form of ``spec()``, built when the accelerator first decodes this table."""
+        return _mutation_accel.compile_table(self.spec())
+
     def column(self, name: bytes) -> ColumnDecoder:
         decoder = self.columns.get(name)
         if decoder is None:
@@ -129,6 +161,37 @@ class TableDecoder:
                 "the schema is older than the mutation"
             )
         return decoder
+
+
+def _column_spec(raw_name: bytes, column: ColumnDecoder) -> tuple:
+    """``(name bytes, name, CQL type, fixed length, value decoder, value kind, path decoder, path kind,
+    UDT fields as (name, fixed length, kind, decoder), dropped_at)``: a column for ``TableDecoder.spec``."""
+    cql = column.type
+    value_kind = path_kind = ""
+    fields: tuple = ()
+    if not column.is_complex:
+        value_kind = cql.kind
+    elif column.field_names:
+        fields = tuple(
+            (name, column.fixed_length, arg.kind, decode)
+            for name, arg, decode in zip(column.field_names, cql.args, column.field_decoders)
+        )
+    else:
+        # list: timeuuid paths and element values; set: element paths, no value; map: key paths, item values.
+        path_kind = "timeuuid" if cql.kind == "list" else cql.args[0].kind
+        value_kind = cql.args[-1].kind
+    return (
+        raw_name,
+        column.name,
+        cql.cql(),
+        column.fixed_length,
+        column.value,
+        value_kind,
+        column.path,
+        path_kind,
+        fields,
+        column.dropped_at,
+    )
 
 
 class _PartitionState:
@@ -173,6 +236,13 @@ class MutationDecoder:
         self.registry = registry
         self.unsigned_ldt = messaging_version >= 13
         self._tables: dict[bytes, TableDecoder] = {}
+        # CDC_ASSETS_PURE_PYTHON=1 keeps the C accelerator out (differential tests, benchmarks).
+        self._accelerator = None if os.environ.get("CDC_ASSETS_PURE_PYTHON") == "1" else _mutation_accel
+
+    @property
+    def accelerated(self) -> bool:
+        """True when the C accelerator decodes: it was built and CDC_ASSETS_PURE_PYTHON=1 was not set."""
+        return self._accelerator is not None
 
     def refresh(self) -> None:
         self._tables.clear()
@@ -195,12 +265,14 @@ class MutationDecoder:
         """Every partition update in the mutation, as (table, its changes)."""
         data = bytes(body)
         try:
+            if self._accelerator is not None:
+                return self._accelerator.decode(self, data, self.unsigned_ldt)
             count, pos = read_uvint(data, 0)
             updates = []
             for _ in range(count):
                 table, changes, pos = self._partition_update(data, pos)
                 updates.append((table, changes))
-        except (IndexError, ValueError, UnicodeDecodeError) as error:
+        except _MALFORMED as error:
             raise MutationDecodeError(f"malformed mutation: {error}") from error
         if pos != len(data):
             raise MutationDecodeError(f"{len(data) - pos} bytes left after the last partition update")
