@@ -6,18 +6,19 @@ mutations -> changes. Nothing here knows about Dagster or the destinations.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import total_ordering
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
 from cdc_assets.cassandra_schema.log_changes import SchemaTracker
-from cdc_assets.cassandra_schema.system_tables import SYSTEM_SCHEMA_TABLES, SYSTEM_TABLE_NAMES
+from cdc_assets.cassandra_schema.system_tables import SCHEMA_KEYSPACE, SYSTEM_SCHEMA_TABLES, SYSTEM_TABLE_NAMES
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
 from cdc_assets.change_batch import ChangeBatchBuilder
 from cdc_assets.commitlog.descriptor import DECODABLE_VERSIONS, SegmentDescriptor, read_descriptor
@@ -83,8 +84,7 @@ class ReadResult:
     stats: ReadStats
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """One decoded change with its table and source position (the streaming form ``dump`` prints)."""
 
     table: TableSchema
@@ -134,11 +134,9 @@ class CommitLogReader:
         self.registry = registry
         self.keys = keys
         self._tracker = None
-        self._system_ids: frozenset = frozenset()
         if track_schema:
             for table in SYSTEM_SCHEMA_TABLES:
                 registry.add(table)
-            self._system_ids = frozenset(table.id for table in SYSTEM_SCHEMA_TABLES)
             self._tracker = SchemaTracker(registry)
         self._decoders: dict[int, MutationDecoder] = {}
 
@@ -184,9 +182,11 @@ class CommitLogReader:
             entries, end = split_entries(section, path, stats.problems, after=skip_to)
             stats.bytes_read += section.logical_end - section.logical_start
             for position, body in entries:
-                stats.entries += 1
-                stats.last_position = Position(descriptor.segment_id, position)
                 yield from self._mutation_changes(decoder, descriptor, name, position, body, stats)
+            if entries:
+                # Only once the whole section has been handed out: a reader stopped part-way resumes earlier.
+                stats.entries += len(entries)
+                stats.last_position = Position(descriptor.segment_id, entries[-1][0])
             if end:
                 stats.end_of_segment = True
                 break
@@ -217,7 +217,7 @@ class CommitLogReader:
         stats.mutations += 1
         schema_changed = False
         for table, changes in updates:
-            if table.id in self._system_ids:
+            if table.keyspace == SCHEMA_KEYSPACE and self._tracker is not None:
                 stats.schema_changes.extend(self._tracker.apply(table, changes))
                 schema_changed = True
                 continue
@@ -255,8 +255,30 @@ class CommitLogReader:
         stats = ReadStats()
         builders: dict[str, ChangeBatchBuilder] = {}
         finished: dict[str, list[pa.RecordBatch]] = {}
+        # The builders keep every decoded change alive until the batch is built; those dicts hold no reference
+        # cycles, so the cyclic collector would only walk an ever-growing heap (most of the read's time).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._read_into(paths, after, limits or {}, stats, builders, finished)
+        finally:
+            if collecting:
+                gc.enable()
+        batches = {name: _merge_batches(parts, builders[name].schema) for name, parts in finished.items()}
+        tables = {name: builders[name].table for name in batches}
+        return ReadResult(batches, tables, stats)
+
+    def _read_into(
+        self,
+        paths: list[str | os.PathLike[str]],
+        after: Position | None,
+        limits: dict[str, int | None],
+        stats: ReadStats,
+        builders: dict[str, ChangeBatchBuilder],
+        finished: dict[str, list[pa.RecordBatch]],
+    ) -> None:
         for path in paths:
-            limit = (limits or {}).get(os.fspath(path))
+            limit = limits.get(os.fspath(path))
             for change in self.iter_changes(path, after=after, limit=limit, stats=stats):
                 table = change.table
                 builder = builders.get(table.qualified_name)
@@ -269,9 +291,6 @@ class CommitLogReader:
         for name, builder in builders.items():
             if len(builder):
                 finished.setdefault(name, []).append(builder.finish())
-        batches = {name: _merge_batches(parts, builders[name].schema) for name, parts in finished.items()}
-        tables = {name: builders[name].table for name in batches}
-        return ReadResult(batches, tables, stats)
 
 
 def _merge_batches(parts: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:

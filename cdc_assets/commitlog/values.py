@@ -158,6 +158,8 @@ def value_decoder(cql: CqlType) -> Decoder:
                 return None
             (count,) = _INT32.unpack_from(raw, 0)
             items, _ = _framed_elements(raw, 4, 2 * count)
+            if any(items[i] is None for i in range(0, 2 * count, 2)):
+                raise ValueError("a frozen map holds a null key")
             return [
                 (key_decoder(items[i]), None if items[i + 1] is None else item_decoder(items[i + 1]))
                 for i in range(0, 2 * count, 2)
