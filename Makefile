@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install run test lint format bench-decode bench-load clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py cdc_assets/commitlog/_mutation_accel.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
