@@ -17,6 +17,7 @@ from cdc_assets.commitlog.cdc_dir import (
     read_cdc_index,
     read_new_changes,
 )
+from cdc_assets.commitlog.errors import SegmentVanishedError
 from cdc_assets.commitlog.reader import CommitLogReader, Position
 from cdc_assets_tests.shared_fixtures import SCHEMA_FIXTURES, segments
 
@@ -118,3 +119,11 @@ def test_idx_rewritten_concurrently_is_never_misread(tmp_path: Path) -> None:
     valid = {int(text) for text in written}
     assert seen and set(seen) <= valid
     assert seen == sorted(seen)
+
+
+def test_a_segment_deleted_before_it_is_read_is_reported_as_lost_not_a_crash(cdc_raw: Path) -> None:
+    vanished = cdc_raw / "CommitLog-7-1699285478683.log"
+    result = _reader().read_segments([vanished, cdc_raw / SEGMENT.name])
+    [problem] = result.stats.problems
+    assert isinstance(problem, SegmentVanishedError) and str(vanished) in str(problem) and "lost" in str(problem)
+    assert result.batches["Keyspace1.Standard1"].num_rows == 355

@@ -25,6 +25,10 @@ class TruncatedSegmentError(CommitLogError):
     """The file ends inside a section or an entry (a torn tail)."""
 
 
+class SegmentVanishedError(CommitLogError):
+    """A listed segment was deleted before it could be read: its unread changes are lost."""
+
+
 class MutationDecodeError(Exception):
     """A mutation's bytes could not be decoded with the schema at hand."""
 

@@ -24,7 +24,7 @@ from cdc_assets.change_batch import ChangeBatchBuilder
 from cdc_assets.commitlog.descriptor import DECODABLE_VERSIONS, SegmentDescriptor, read_descriptor
 from cdc_assets.commitlog.encryption import EncryptionKeys
 from cdc_assets.commitlog.entries import split_entries
-from cdc_assets.commitlog.errors import CommitLogError, MutationDecodeError, UnknownTableError
+from cdc_assets.commitlog.errors import CommitLogError, MutationDecodeError, SegmentVanishedError, UnknownTableError
 from cdc_assets.commitlog.mutation import MutationDecoder
 from cdc_assets.commitlog.sections import iter_sections
 from cdc_assets.dead_letters import DeadLetter
@@ -121,6 +121,12 @@ def scan_segment(path: str | os.PathLike[str], *, keys: EncryptionKeys | None = 
     return SegmentScan(descriptor, entries, problems)
 
 
+_VANISHED = (
+    "the segment disappeared before it was read: Cassandra 4.1+ with cdc_block_writes: false deletes the "
+    "oldest CDC segments when cdc_raw is full, and their changes are lost"
+)
+
+
 class CommitLogReader:
     """Reads segments with a schema registry, tracking schema changes found in the log itself.
 
@@ -162,7 +168,12 @@ class CommitLogReader:
         """
         stats = stats if stats is not None else ReadStats()
         path = os.fspath(path)
-        data = Path(path).read_bytes()
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            stats.problems.append(SegmentVanishedError(path, 0, _VANISHED))
+            log.error("%s", stats.problems[-1])
+            return
         descriptor = read_descriptor(data, path)
         if descriptor.version not in DECODABLE_VERSIONS:
             raise CommitLogError(
