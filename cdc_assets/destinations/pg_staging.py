@@ -24,6 +24,7 @@ values that need Python (blobs, durations, collections, UDTs, non-integer cluste
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,11 @@ DELETED_AT = "_cdc_deleted_at"
 # Years 1-9999: what the staging text forms can spell (PostgreSQL itself goes further).
 _MIN_MS, _MAX_MS = -62135596800000, 253402300799999
 _MIN_DAYS, _MAX_DAYS = -719162, 2932896
+_UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_HEX_VALUES = np.zeros(256, dtype=np.uint8)
+_HEX_VALUES[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX_VALUES[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_COLUMNAR_ELEMENT_KINDS = frozenset({"ascii", "text", "tinyint", "smallint", "int", "bigint"})
 _INT_KEY_WIDTHS = {"tinyint": 1, "smallint": 2, "int": 4, "bigint": 8, "timestamp": 8, "date": 4, "time": 8}
 # Kinds whose Arrow values Arrow's CSV writer already spells the way PostgreSQL reads them.
 _CSV_NATIVE_KINDS = frozenset(
@@ -127,10 +133,9 @@ def staging_columns(table: TableSchema, columns: Sequence[Column]) -> list[tuple
 
 @dataclass
 class Parts:
-    """Staging rows as Arrow columns, plus the complex columns' elements (Python dicts, one per row)."""
+    """Staging rows as Arrow columns (a complex column's elements as the JSON text of its jsonb)."""
 
     table: pa.Table
-    elements: dict[str, list[dict[str, Any] | None]] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -152,12 +157,11 @@ def flatten(table: TableSchema, batch: pa.RecordBatch, columns: Sequence[Column]
     data[LIVE_TS] = batch.column(cb.ROW_WRITETIME)
     data[LIVE_EXP] = batch.column(cb.ROW_EXPIRES_AT).cast(pa.int64())
     data[DELETED_AT] = batch.column(cb.DELETION_WRITETIME)
-    elements: dict[str, list[dict[str, Any] | None]] = {}
     for column in columns:
         cells = batch.column(column.name)
         if column.type.is_complex:
+            data[column.name] = _elements(column, cells, rejected)
             data[deleted_at_name(column.name)] = pc.struct_field(cells, "deletion")
-            elements[column.name] = _elements(column, cells, rejected)
         else:
             data.update(_simple_cells(column, cells, rejected))
     kinds = batch.column(cb.KIND)
@@ -165,7 +169,7 @@ def flatten(table: TableSchema, batch: pa.RecordBatch, columns: Sequence[Column]
     data[PARTITION_KEY] = _key_bytes(table.partition_key, [batch.column(c.name) for c in table.partition_key])
     data[CLUSTERING_KEY] = _clustering_bytes(table, batch, is_row)
     data.update(_range_columns(table, batch, pc.equal(kinds, cb.KIND_RANGE_DELETION)))
-    full = Parts(pa.table(data), elements)
+    full = Parts(pa.table(data))
 
     is_static_row = pc.equal(kinds, cb.KIND_STATIC_ROW)
     statics = [c for c in columns if c.kind == "static"]
@@ -258,20 +262,131 @@ def _value_bytes(column: Column, values: pa.Array, rejected: dict[int, str]) -> 
     return result
 
 
-def _elements(column: Column, cells: pa.Array, rejected: dict[int, str]) -> list[dict[str, Any] | None]:
-    """Each change's elements of a complex column, keyed by element identity (see the module docstring)."""
+def _elements(column: Column, cells: pa.Array, rejected: dict[int, str]) -> pa.Array:
+    """Each change's elements of a complex column as JSON text: element identity → element (module docstring)."""
     cql = column.type
-    result: list[dict[str, Any] | None] = []
-    for index, raw in enumerate(python_values(pc.struct_field(cells, "cells"))):
+    lists = pc.struct_field(cells, "cells")
+    columnar = _columnar_elements(cql, lists)
+    if columnar is not None:
+        return columnar
+    result: list[str | None] = []
+    for index, raw in enumerate(python_values(lists)):
         if raw is None:
             result.append(None)
             continue
         try:
-            result.append(_column_elements(cql, raw))
+            result.append(pg_types.dumps(_column_elements(cql, raw)))
         except (ValueError, OverflowError) as error:
             rejected.setdefault(index, f"{column.name}: {error}")
             result.append(None)
-    return result
+    return pa.array(result, pa.string())
+
+
+def _columnar_elements(cql: CqlType, lists: pa.Array) -> pa.Array | None:
+    """What :func:`_elements` writes, built column by column: for sets, lists and maps of text and integers
+    (None for other collections, or for text JSON must escape)."""
+    if cql.kind not in ("set", "list", "map"):
+        return None
+    value_type = None if cql.kind == "set" else cql.args[-1]
+    path_type = CqlType("timeuuid") if cql.kind == "list" else cql.args[0]
+    if cql.kind != "list" and path_type.kind not in _COLUMNAR_ELEMENT_KINDS:
+        return None
+    if value_type is not None and value_type.kind not in _COLUMNAR_ELEMENT_KINDS:
+        return None
+    present = pc.indices_nonzero(pc.is_valid(lists))
+    changes = lists.take(present)
+    cells = pc.list_flatten(changes)
+    paths = pc.struct_field(cells, "path")
+    if cql.kind == "list":
+        if not _all_uuid_text(paths):
+            return None
+        keys = pc.utf8_lower(paths)
+        # A key component is 0x02 then the order bytes: drop the marker's two hex digits.
+        order = pc.utf8_slice_codeunits(_hex(_uuid_key("timeuuid", paths, False)), 2)
+    else:
+        path_text = _element_text(path_type, paths)
+        if path_text is None:
+            return None
+        keys, order, path_json = path_text
+    parents = pc.list_parent_indices(changes)
+    identities = pc.dictionary_encode(pc.binary_join_element_wise(parents.cast(pa.string()), keys, ":")).indices
+    repeated = np.bincount(identities.to_numpy(), minlength=1)[identities.to_numpy()] > 1
+    deleted = pc.struct_field(cells, "deleted")
+    expires = pc.struct_field(cells, "expires_at").cast(pa.int64())
+    live = pc.invert(deleted)
+    rank_class = pc.if_else(deleted, "2", pc.if_else(pc.is_valid(expires), "1", "0"))
+    fragments = [
+        '"',
+        keys,
+        '":{"ts":',
+        pc.struct_field(cells, "writetime").cast(pa.string()),
+        ',"c":',
+        rank_class,
+        _when(live, pc.binary_join_element_wise(',"exp":', expires.cast(pa.string()), "")),
+    ]
+    if cql.kind == "set":
+        fragments += [_when(live, ',"vb":""'), ',"v":', path_json]
+    else:
+        value_text = _element_text(value_type, pc.struct_field(cells, "value"))
+        if value_text is None:
+            return None
+        value_bytes_hex, _, value_json = value_text
+        fragments += [_when(live, ',"vb":"'), _when(live, value_bytes_hex), _when(live, '"')]
+        fragments += [_when(live, ',"v":'), _when(live, value_json)]
+    fragments += [',"o":"', order, '"']
+    if cql.kind == "map":
+        fragments += [',"k":', path_json if path_type.kind in ("ascii", "text") else _quoted(path_json)]
+    fragments.append("}")
+    texts = pc.binary_join_element_wise(*fragments, "", null_handling="skip")
+    offsets = np.r_[0, np.cumsum(pc.list_value_length(changes).to_numpy())].astype(np.int32)
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), texts), ",")
+    objects = pc.binary_join_element_wise("{", joined, "}", "")
+    if repeated.any():
+        # An element named twice in one change: the rare case _column_elements resolves, one change at a time.
+        rows = np.unique(parents.to_numpy()[repeated])
+        texts = objects.to_pylist()
+        for row, raw in zip(rows.tolist(), python_values(changes.take(pa.array(rows))), strict=True):
+            texts[row] = pg_types.dumps(_column_elements(cql, raw))
+        objects = pa.array(texts, pa.string())
+    positions = np.full(len(lists), -1, dtype=np.int64)
+    positions[present.to_numpy()] = np.arange(len(present))
+    return objects.take(_indices(positions))
+
+
+def _element_text(cql: CqlType, values: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array] | None:
+    """Text and integer values as (hex of their CQL bytes, hex of their order bytes, their JSON);
+    None when some text needs escaping in JSON (which then also rules out a NUL in the order bytes)."""
+    if cql.kind in ("ascii", "text"):
+        if pc.any(pc.match_substring_regex(values, r'[\x00-\x1f"\\]')).as_py():
+            return None
+        value_hex = _hex(values.cast(pa.binary()))
+        return value_hex, pc.binary_join_element_wise(value_hex, "0000", ""), _quoted(values)
+    width = _INT_KEY_WIDTHS[cql.kind]
+    numbers = pc.fill_null(values.cast(pa.int64()), 0).to_numpy()
+    signed = numbers.astype(f">i{width}").view(np.uint8).reshape(-1, width)
+    biased = signed.copy()
+    biased[:, 0] ^= 0x80
+    json_text = pc.if_else(pc.is_valid(values), values.cast(pa.string()), pa.scalar(None, pa.string()))
+    return _hex(_fixed_binary(signed)), _hex(_fixed_binary(biased)), json_text
+
+
+def _when(mask: pa.Array, text: str | pa.Array) -> pa.Array:
+    """``text`` where ``mask``, null elsewhere (a fragment the JSON of that element leaves out)."""
+    return pc.if_else(mask, text, pa.scalar(None, pa.string()))
+
+
+def _quoted(values: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise('"', values, '"', "")
+
+
+def _hex(values: pa.Array) -> pa.Array:
+    return pc.utf8_slice_codeunits(bytea_text(values), 2)
+
+
+def _fixed_binary(matrix: np.ndarray) -> pa.Array:
+    n, width = matrix.shape
+    buffer = pa.py_buffer(np.ascontiguousarray(matrix).tobytes())
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, buffer]).cast(pa.binary())
 
 
 def _column_elements(cql: CqlType, raw: Any) -> dict[str, Any]:
@@ -332,6 +447,15 @@ def _merge_element(elements: dict[str, Any], key: str, element: dict[str, Any]) 
         elements[key] = element
 
 
+def latest_element_writetime(elements: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The latest write time among each part's elements of a complex column (null when it has none)."""
+    latest = []
+    for text in elements.to_pylist():
+        stamps = [] if text is None else [element["ts"] for element in json.loads(text).values()]
+        latest.append(max(stamps) if stamps else None)
+    return pa.array(latest, pa.int64())
+
+
 def _any_valid(arrays: list[pa.Array], n: int) -> pa.Array:
     result = pa.array(np.zeros(n, dtype=bool))
     for array in arrays:
@@ -374,25 +498,17 @@ class _Layout:
             for name in selected.column_names
         }
         arrays[PART] = pa.array([part] * n, pa.string())
-        elements = {
-            name: (values if everything else [values[i] for i in indices]) if name in kept else [None] * n
-            for name, values in full.elements.items()
-        }
-        return Parts(pa.table(arrays), elements)
+        return Parts(pa.table(arrays))
 
 
 def _concat(pieces: list[Parts]) -> Parts:
-    table = pa.concat_tables([piece.table for piece in pieces]) if len(pieces) > 1 else pieces[0].table
-    elements = {name: [e for piece in pieces for e in piece.elements[name]] for name in pieces[0].elements}
-    return Parts(table, elements)
+    return Parts(pa.concat_tables([piece.table for piece in pieces]) if len(pieces) > 1 else pieces[0].table)
 
 
 def _without_sources(parts: Parts, rejected: dict[int, str]) -> Parts:
     sources = parts.table.column(SOURCE).to_numpy()
     keep = ~np.isin(sources, np.fromiter(rejected, dtype=np.int64))
-    indices = np.nonzero(keep)[0]
-    elements = {name: [values[i] for i in indices] for name, values in parts.elements.items()}
-    return Parts(parts.table.take(pa.array(indices, pa.int64())), elements)
+    return Parts(parts.table.take(pa.array(np.nonzero(keep)[0], pa.int64())))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -425,13 +541,9 @@ def _key_component(column: Column, array: pa.Array, descending: bool) -> pa.Arra
             biased = (values.view(np.uint64) ^ np.uint64(1 << 63)).astype(">u8")
         else:
             biased = (values + (1 << (8 * width - 1))).astype(f">u{width}")
-        matrix = np.empty((n, width + 1), dtype=np.uint8)
-        matrix[:, 0] = 2
-        matrix[:, 1:] = biased.view(np.uint8).reshape(n, width)
-        if descending:
-            matrix = 255 - matrix
-        fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width + 1), n, [None, pa.py_buffer(matrix.tobytes())])
-        return fixed.cast(pa.binary())
+        return _key_matrix(biased.view(np.uint8).reshape(n, width), descending)
+    if array.null_count == 0 and kind in ("uuid", "timeuuid") and _all_uuid_text(array):
+        return _uuid_key(kind, array, descending)
     if array.null_count == 0 and kind in ("ascii", "text", "blob") and not descending:
         escaped = pc.replace_substring(array.cast(pa.binary()), b"\x00", b"\x00\xff")
         header, trailer = pa.scalar(b"\x02", pa.binary()), pa.scalar(b"\x00\x00", pa.binary())
@@ -440,6 +552,42 @@ def _key_component(column: Column, array: pa.Array, descending: bool) -> pa.Arra
         [key_component(column.type, _pg_key_value(column.type, v), descending) for v in python_values(array)],
         pa.binary(),
     )
+
+
+def _key_matrix(order: np.ndarray, descending: bool) -> pa.Array:
+    """Key components (``model.key_component``) of values whose order bytes are the rows of ``order``."""
+    n, width = order.shape
+    matrix = np.empty((n, width + 1), dtype=np.uint8)
+    matrix[:, 0] = 2
+    matrix[:, 1:] = order
+    if descending:
+        matrix = 255 - matrix
+    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width + 1), n, [None, pa.py_buffer(matrix.tobytes())])
+    return fixed.cast(pa.binary())
+
+
+def _all_uuid_text(array: pa.Array) -> bool:
+    return bool(pc.all(pc.match_substring_regex(array, _UUID_PATTERN)).as_py())
+
+
+def _uuid_key(kind: str, array: pa.Array, descending: bool) -> pa.Array:
+    """Key components of uuid text (hyphenated hex), columnar: ``model.order_bytes`` spelled with numpy."""
+    n = len(array)
+    digits = pc.replace_substring(array, "-", "").cast(pa.binary())
+    text = np.frombuffer(digits.buffers()[2], dtype=np.uint8)[: 32 * n].reshape(n, 32)
+    nibbles = _HEX_VALUES[text]
+    raw = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+    # A version-1 UUID's timestamp, most significant part first (model._timeuuid_msb).
+    timestamp = raw[:, [6, 7, 4, 5, 0, 1, 2, 3]]
+    if kind == "timeuuid":
+        return _key_matrix(np.hstack([timestamp, raw[:, 8:] ^ 0x80]), descending)
+    version = raw[:, 6:7] >> 4
+    time_based = version[:, 0] == 1
+    plain = _key_matrix(np.hstack([version, raw]), descending)
+    if not time_based.any():
+        return plain
+    timed = _key_matrix(np.hstack([version, timestamp, raw]), descending)
+    return pc.if_else(pa.array(time_based), timed, plain)
 
 
 def _pg_key_value(cql: CqlType, raw: Any) -> Any:
@@ -556,14 +704,11 @@ def reduce_parts(parts: Parts, columns: Sequence[Column]) -> Parts:
         result[name] = _array(table, name).take(_indices(winners))
     result[DELETED_AT] = _group_max(table, DELETED_AT, groups, count)
 
-    elements = {}
     for column in columns:
         if column.type.is_complex:
             deletion = deleted_at_name(column.name)
             result[deletion] = _group_max(table, deletion, groups, count)
-            elements[column.name] = _reduce_elements(
-                parts.elements[column.name], groups, count, result[deletion].to_pylist()
-            )
+            result[column.name] = _reduce_elements(_array(table, column.name), groups, count, result[deletion])
             continue
         ts, valid = _int_column(table, ts_name(column.name))
         exp, expiring = _int_column(table, exp_name(column.name))
@@ -574,7 +719,7 @@ def reduce_parts(parts: Parts, columns: Sequence[Column]) -> Parts:
             winners[group] = max(candidates, key=lambda i: _tie_bytes(table, column, i))
         for name, _ in cell_columns(column):
             result[name] = _array(table, name).take(_indices(winners))
-    return Parts(pa.table({name: result[name] for name in table.column_names}), elements, parts.rejected)
+    return Parts(pa.table({name: result[name] for name in table.column_names}), parts.rejected)
 
 
 def _indices(winners: np.ndarray) -> pa.Array:
@@ -597,24 +742,31 @@ def _tie_bytes(table: pa.Table, column: Column, index: int) -> bytes:
     return value_bytes(column.type, canonical_value(column.type, raw))
 
 
-def _reduce_elements(
-    values: list[dict[str, Any] | None], groups: np.ndarray, count: int, deletions: list[int | None]
-) -> list[dict[str, Any] | None]:
-    merged: list[dict[str, Any] | None] = [None] * count
-    for group, elements in zip(groups.tolist(), values, strict=True):
-        if elements is None:
-            continue
-        target = merged[group]
-        if target is None:
-            merged[group] = dict(elements)
-            continue
-        for key, element in elements.items():
-            _merge_element(target, key, element)
-    for group, elements in enumerate(merged):
-        deletion = deletions[group]
-        if elements is not None and deletion is not None:
-            merged[group] = {key: e for key, e in elements.items() if e["ts"] > deletion}
-    return merged
+def _reduce_elements(values: pa.Array, groups: np.ndarray, count: int, deletions: pa.Array) -> pa.Array:
+    """Per group, the union of its parts' elements, the winner per element identity (JSON text).
+
+    A group with one part keeps its text as is: what its collection deletion covers is dropped by the
+    merge statement and hidden by the view anyway.
+    """
+    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    parts_per_group = np.bincount(groups[valid], minlength=count)
+    last = np.full(count, -1, dtype=np.int64)
+    last[groups[valid]] = np.nonzero(valid)[0]
+    reduced = values.take(_indices(last))
+    shared = parts_per_group > 1
+    if not shared.any():
+        return reduced
+    merged: dict[int, dict[str, Any]] = {}
+    for index in np.nonzero(valid & shared[groups])[0].tolist():
+        elements = merged.setdefault(int(groups[index]), {})
+        for key, element in json.loads(values[index].as_py()).items():
+            _merge_element(elements, key, element)
+    texts = reduced.to_pylist()
+    for group, elements in merged.items():
+        deletion = deletions[group].as_py()
+        kept = elements if deletion is None else {k: e for k, e in elements.items() if e["ts"] > deletion}
+        texts[group] = pg_types.dumps(kept)
+    return pa.array(texts, pa.string())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -625,11 +777,6 @@ def copy_table(parts: Parts, names: Sequence[str]) -> pa.Table:
     """The parts as an Arrow table whose CSV is the COPY input of a staging table with columns ``names``."""
     arrays = {}
     for name in names:
-        if name in parts.elements:
-            arrays[name] = pa.array(
-                [None if e is None else pg_types.dumps(e) for e in parts.elements[name]], pa.string()
-            )
-            continue
         column = parts.table.column(name).combine_chunks()
         arrays[name] = bytea_text(column) if pa.types.is_binary(column.type) else column
     return pa.table(arrays)

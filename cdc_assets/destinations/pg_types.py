@@ -101,6 +101,8 @@ _JSON_STRING_KINDS = frozenset(
     {"ascii", "text", "blob", "timestamp", "date", "time", "duration", "uuid", "timeuuid", "inet"}
 )
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# The json module's C encoder writes everything but Decimals, which :func:`dumps` then writes itself.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _DURATION = re.compile(r"^(-?\d+) months (-?\d+) days (-?\d+) microseconds$")
 _ISO_INTERVAL = re.compile(
     r"^P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)D)?(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?[\d.]+)S)?)?$"
@@ -200,13 +202,20 @@ def map_key_text(cql: CqlType, value: Any) -> str:
 
 def dumps(value: Any) -> str:
     """JSON text, with Decimals written as exact numbers (the json module cannot)."""
+    try:
+        return _ENCODER.encode(value)
+    except TypeError:
+        return _exact_dumps(value)
+
+
+def _exact_dumps(value: Any) -> str:
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, dict):
-        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + dumps(v) for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(dumps(item) for item in value) + "]"
-    return json.dumps(value, ensure_ascii=False)
+        return "{" + ",".join(_ENCODER.encode(k) + ":" + _exact_dumps(v) for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_exact_dumps(item) for item in value) + "]"
+    return _ENCODER.encode(value)
 
 
 def copy_text(cql: CqlType, value: Any) -> str | None:

@@ -209,7 +209,7 @@ class TimescaleDestination(PostgresDestination):
             POSITION: pc.take(batch.column(cb.POSITION), sources),
             KEY: st.part_keys(parts),
         }
-        with_time = st.Parts(parts.table, parts.elements)
+        with_time = st.Parts(parts.table)
         for name, values in extra.items():
             with_time.table = with_time.table.append_column(name, values)
         if not self.uses_timescale:
@@ -271,10 +271,7 @@ def _write_times(parts: st.Parts, columns: Sequence[Column]) -> pa.Array:
     for column in columns:
         if column.type.is_complex:
             arrays.append(table.column(st.deleted_at_name(column.name)))
-            latest = [
-                None if e is None or not e else max(v["ts"] for v in e.values()) for e in parts.elements[column.name]
-            ]
-            arrays.append(pa.chunked_array([pa.array(latest, pa.int64())]))
+            arrays.append(pa.chunked_array([st.latest_element_writetime(table.column(column.name))]))
         else:
             arrays.append(table.column(st.ts_name(column.name)))
     latest = pc.max_element_wise(*arrays, skip_nulls=True)
