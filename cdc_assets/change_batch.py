@@ -165,16 +165,16 @@ def cell_type(cql: CqlType) -> pa.StructType:
     if not cql.is_complex:
         return simple_cell_type(cql)
     if cql.kind == "list":
-        cells: pa.DataType = pa.list_(pa.struct([pa.field("path", pa.string()), *_cell_fields(arrow_type(cql.args[0]))]))
+        cells: pa.DataType = pa.list_(
+            pa.struct([pa.field("path", pa.string()), *_cell_fields(arrow_type(cql.args[0]))])
+        )
     elif cql.kind == "set":
         cells = pa.list_(pa.struct([pa.field("path", arrow_type(cql.args[0])), *_cell_fields(None)]))
     elif cql.kind == "map":
         key, value = cql.args
         cells = pa.list_(pa.struct([pa.field("path", arrow_type(key)), *_cell_fields(arrow_type(value))]))
     else:
-        cells = pa.struct(
-            [pa.field(name, simple_cell_type(arg)) for name, arg in zip(cql.field_names, cql.args)]
-        )
+        cells = pa.struct([pa.field(name, simple_cell_type(arg)) for name, arg in zip(cql.field_names, cql.args)])
     return pa.struct([pa.field("deletion", WRITETIME_TYPE), pa.field("cells", cells)])
 
 
@@ -226,19 +226,28 @@ _ROW_FIELDS = {
 
 
 class ChangeBatchBuilder:
-    """Collects changes for one table, column by column, and turns them into one RecordBatch."""
+    """Collects changes for one table and turns them into one RecordBatch."""
 
     def __init__(self, table: TableSchema):
         self.table = table
         self.schema = change_batch_schema(table)
-        self._columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
-        self._key_names = [c.name for c in table.partition_key]
-        self._clustering_names = [c.name for c in table.clustering]
-        self._value_names = [c.name for c in table.value_columns]
-        self._rows = 0
+        # The change dicts are converted in one pass by Arrow, as a struct shaped like the dicts; its fields
+        # then become the batch's columns without copying.
+        self._change_type = pa.struct(
+            [
+                pa.field("kind", pa.string()),
+                pa.field("key", _struct_of(self.schema, table.partition_key)),
+                pa.field("clustering", _struct_of(self.schema, table.clustering)),
+                *(pa.field(key, self.schema.field(column).type) for column, key in _ROW_FIELDS.items()),
+                pa.field("cells", _struct_of(self.schema, table.value_columns)),
+            ]
+        )
+        self._segments: list[int] = []
+        self._positions: list[int] = []
+        self._changes: list[Mapping[str, Any]] = []
 
     def __len__(self) -> int:
-        return self._rows
+        return len(self._changes)
 
     def add(
         self,
@@ -264,32 +273,34 @@ class ChangeBatchBuilder:
         self.append(segment_id, position, fields)
 
     def append(self, segment_id: int, position: int, fields: Mapping[str, Any]) -> None:
-        """Append one change given as a dict with :meth:`add`'s keyword names (absent ones are null)."""
-        columns = self._columns
-        get = fields.get
-        columns[SEGMENT_ID].append(segment_id)
-        columns[POSITION].append(position)
-        columns[KIND].append(fields["kind"])
-        key = fields["key"]
-        for name in self._key_names:
-            columns[name].append(key[name])
-        clustering = get("clustering")
-        for name in self._clustering_names:
-            columns[name].append(clustering.get(name) if clustering else None)
-        for name in _ROW_FIELDS:
-            columns[name].append(get(_ROW_FIELDS[name]))
-        cells = get("cells")
-        for name in self._value_names:
-            columns[name].append(cells.get(name) if cells else None)
-        self._rows += 1
+        """Append one change given as a dict with :meth:`add`'s keyword names (absent ones are null).
+
+        The dict is kept as it is until :meth:`finish`; it must not change in between.
+        """
+        self._segments.append(segment_id)
+        self._positions.append(position)
+        self._changes.append(fields)
 
     def finish(self) -> pa.RecordBatch:
         """The batch of everything added so far; the builder starts empty again."""
-        arrays = [pa.array(self._columns[f.name], type=f.type) for f in self.schema]
+        changes = pa.array(self._changes, type=self._change_type)
+        kind, key, clustering, *row_fields, cells = changes.flatten()
+        arrays = [
+            pa.array(self._segments, pa.int64()),
+            pa.array(self._positions, pa.int32()),
+            kind,
+            *key.flatten(),
+            *clustering.flatten(),
+            *row_fields,
+            *cells.flatten(),
+        ]
         batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
-        self._columns = {name: [] for name in self.schema.names}
-        self._rows = 0
+        self._segments, self._positions, self._changes = [], [], []
         return batch
+
+
+def _struct_of(schema: pa.Schema, columns: tuple[Column, ...]) -> pa.StructType:
+    return pa.struct([pa.field(c.name, schema.field(c.name).type) for c in columns])
 
 
 def build_change_batch(table: TableSchema, changes: Iterable[Mapping[str, Any]]) -> pa.RecordBatch:
