@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -163,3 +164,15 @@ def test_bit_rot_is_reported_where_it_is_and_never_decoded() -> None:
     assert all(entry in good for entry in scan.entries)
     assert len(scan.entries) < len(good)
     assert str(rotten_path) in str(corrupt[0])
+
+
+def test_dump_with_a_key_alias_the_segment_does_not_use_names_the_missing_alias() -> None:
+    command = [sys.executable, "-m", "cdc_assets.cli", "commitlog", "dump", str(segments("3.4-encrypted")[0])]
+    command += ["--schema", str(SCHEMA_FIXTURES / "standard1-3.4.cql"), "--keystore", str(KEYSTORE)]
+    command += ["--key-alias", "testing:2"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, env={**os.environ, "CDC_KEYSTORE_PASSWORD": "cassandra"}
+    )
+    assert done.returncode != 0
+    assert "testing:1" in done.stderr
+    assert "cassandra" not in done.stderr.replace("cassandra.keystore", "").replace("cdc_assets", "")
