@@ -45,8 +45,6 @@ FIXED_LENGTHS = {
     "timeuuid": 16,
 }
 
-COLLECTION_KINDS = frozenset({"list", "set", "map"})
-
 
 class CqlTypeError(ValueError):
     """A CQL type string that cannot be parsed or names an unknown type."""
@@ -75,10 +73,6 @@ class CqlType:
         A non-frozen tuple only comes from :func:`parse_dropped_type`: a dropped non-frozen UDT.
         """
         return not self.frozen and self.kind in ("list", "set", "map", "udt", "tuple")
-
-    @property
-    def is_collection(self) -> bool:
-        return self.kind in COLLECTION_KINDS
 
     @property
     def fixed_length(self) -> int | None:

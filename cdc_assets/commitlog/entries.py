@@ -10,7 +10,6 @@ from cdc_assets.commitlog.sections import Section
 
 _HEAD = struct.Struct(">iI")
 _CRC = struct.Struct(">I")
-ENTRY_OVERHEAD = 12
 MIN_ENTRY_SIZE = 10
 
 

@@ -72,7 +72,6 @@ class ReadStats:
     problems: list[CommitLogError] = field(default_factory=list)
     schema_changes: list[str] = field(default_factory=list)
     last_position: Position | None = None
-    end_of_segment: bool = False
 
 
 @dataclass
@@ -199,7 +198,6 @@ class CommitLogReader:
                 stats.entries += len(entries)
                 stats.last_position = Position(descriptor.segment_id, entries[-1][0])
             if end:
-                stats.end_of_segment = True
                 break
         for problem in stats.problems:
             log.warning("%s", problem)
