@@ -186,59 +186,61 @@ class CommitLogReader:
                 skip_to = after.offset
         decoder = self._decoder(descriptor.messaging_version)
         name = Path(path).name
+        segment_id = descriptor.segment_id
         for section in iter_sections(
             data, descriptor, path, stats.problems, limit=limit, after=skip_to, keys=self.keys
         ):
             entries, end = split_entries(section, path, stats.problems, after=skip_to)
             stats.bytes_read += section.logical_end - section.logical_start
             for position, body in entries:
-                yield from self._mutation_changes(decoder, descriptor, name, position, body, stats)
+                try:
+                    updates = decoder.decode(body)
+                except MutationDecodeError as error:
+                    self._set_aside(decoder, error, name, position, body, stats)
+                    continue
+                stats.mutations += 1
+                for table, changes in updates:
+                    if table.keyspace == SCHEMA_KEYSPACE and self._tracker is not None:
+                        self._apply_schema_change(table, changes, stats)
+                    elif not table.cdc:
+                        stats.skipped_not_cdc += 1
+                    else:
+                        stats.changes += len(changes)
+                        for change in changes:
+                            yield Change(table, segment_id, position, change)
             if entries:
                 # Only once the whole section has been handed out: a reader stopped part-way resumes earlier.
                 stats.entries += len(entries)
-                stats.last_position = Position(descriptor.segment_id, entries[-1][0])
+                stats.last_position = Position(segment_id, entries[-1][0])
             if end:
                 break
         for problem in stats.problems:
             log.warning("%s", problem)
 
-    def _mutation_changes(
+    def _set_aside(
         self,
         decoder: MutationDecoder,
-        descriptor: SegmentDescriptor,
+        error: MutationDecodeError,
         name: str,
         position: int,
         body: memoryview,
         stats: ReadStats,
-    ) -> Iterator[Change]:
-        try:
-            updates = decoder.decode(body)
-        except UnknownTableError as error:
+    ) -> None:
+        """Skip a mutation of Cassandra's own tables; dead-letter any other that cannot be decoded."""
+        if isinstance(error, UnknownTableError):
             if error.table_id in SYSTEM_TABLE_NAMES:
                 stats.skipped_system += 1
-                return
-            self._dead_letter(stats, name, position, body, f"unknown table id {error.table_id}", None)
+            else:
+                self._dead_letter(stats, name, position, body, f"unknown table id {error.table_id}", None)
             return
-        except MutationDecodeError as error:
-            table = self.registry.get(decoder.table_id(body))
-            self._dead_letter(stats, name, position, body, str(error), table.qualified_name if table else None)
-            return
-        stats.mutations += 1
-        schema_changed = False
-        for table, changes in updates:
-            if table.keyspace == SCHEMA_KEYSPACE and self._tracker is not None:
-                stats.schema_changes.extend(self._tracker.apply(table, changes))
-                schema_changed = True
-                continue
-            if not table.cdc:
-                stats.skipped_not_cdc += 1
-                continue
-            for change in changes:
-                stats.changes += 1
-                yield Change(table, descriptor.segment_id, position, change)
-        if schema_changed:
-            for cached in self._decoders.values():
-                cached.refresh()
+        table = self.registry.get(decoder.table_id(body))
+        self._dead_letter(stats, name, position, body, str(error), table.qualified_name if table else None)
+
+    def _apply_schema_change(self, table: TableSchema, changes: list[dict[str, Any]], stats: ReadStats) -> None:
+        """Apply a logged system_schema change before the next mutation is decoded."""
+        stats.schema_changes.extend(self._tracker.apply(table, changes))
+        for cached in self._decoders.values():
+            cached.refresh()
 
     def _dead_letter(
         self, stats: ReadStats, name: str, position: int, body: memoryview, reason: str, table: str | None
