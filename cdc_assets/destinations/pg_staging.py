@@ -69,6 +69,9 @@ _UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 _HEX_VALUES = np.zeros(256, dtype=np.uint8)
 _HEX_VALUES[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 _HEX_VALUES[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_PLAIN_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
+# Digits (and a sign) that always fit a signed 64-bit integer.
+_MAX_INT64_DIGITS = 18
 _COLUMNAR_ELEMENT_KINDS = frozenset({"ascii", "text", "tinyint", "smallint", "int", "bigint"})
 _INT_KEY_WIDTHS = {"tinyint": 1, "smallint": 2, "int": 4, "bigint": 8, "timestamp": 8, "date": 4, "time": 8}
 # Kinds whose Arrow values Arrow's CSV writer already spells the way PostgreSQL reads them.
@@ -247,7 +250,10 @@ def _simple_cells(column: Column, cells: pa.Array, rejected: dict[int, str]) -> 
         del_name(name): pc.if_else(present, deleted, pa.nulls(n, pa.bool_())),
     }
     if has_value_bytes(column.type):
-        staged[vb_name(name)] = pa.array(_value_bytes(column, live_values, rejected), pa.binary())
+        columnar = _decimal_value_bytes(live_values) if column.type.kind == "decimal" else None
+        if columnar is None:
+            columnar = pa.array(_value_bytes(column, live_values, rejected), pa.binary())
+        staged[vb_name(name)] = columnar
     return staged
 
 
@@ -260,6 +266,32 @@ def _value_bytes(column: Column, values: pa.Array, rejected: dict[int, str]) -> 
             rejected.setdefault(index, f"{column.name}: {error}")
             result.append(None)
     return result
+
+
+def _decimal_value_bytes(values: pa.Array) -> pa.Array | None:
+    """Decimal text as its CQL bytes (``model.value_bytes``: scale, then the unscaled value's minimal two's
+    complement), columnar; None unless every value is plain digits whose unscaled value fits 64 bits."""
+    if not pc.all(pc.match_substring_regex(values, _PLAIN_DECIMAL)).as_py():
+        return None
+    digits = pc.replace_substring(values, ".", "")
+    if (pc.max(pc.utf8_length(digits)).as_py() or 0) > _MAX_INT64_DIGITS:
+        return None
+    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    unscaled = pc.fill_null(digits.cast(pa.int64()), 0).to_numpy()
+    point = pc.fill_null(pc.find_substring(values, "."), -1).to_numpy()
+    length = pc.fill_null(pc.utf8_length(values), 0).to_numpy()
+    scale = np.where(point < 0, 0, length - point - 1).astype(">i4")
+    magnitude = np.where(unscaled < 0, ~unscaled, unscaled)
+    widths = 1 + sum((magnitude >= 1 << (8 * k - 1)).astype(np.int64) for k in range(1, 8))
+    widths[~valid] = -4
+    matrix = np.hstack([scale.view(np.uint8).reshape(-1, 4), unscaled.astype(">i8").view(np.uint8).reshape(-1, 8)])
+    # Per row: the four scale bytes, then the last ``width`` bytes of the big-endian unscaled value.
+    keep = np.arange(12) >= (12 - widths)[:, None]
+    keep[:, :4] = valid[:, None]
+    offsets = np.r_[0, np.cumsum(keep.sum(axis=1))].astype(np.int32)
+    data = pa.py_buffer(matrix[keep].tobytes())
+    raw = pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets.tobytes()), data])
+    return pc.if_else(pa.array(valid), raw, pa.scalar(None, pa.binary()))
 
 
 def _elements(column: Column, cells: pa.Array, rejected: dict[int, str]) -> pa.Array:
@@ -757,13 +789,15 @@ def _reduce_elements(values: pa.Array, groups: np.ndarray, count: int, deletions
     if not shared.any():
         return reduced
     merged: dict[int, dict[str, Any]] = {}
-    for index in np.nonzero(valid & shared[groups])[0].tolist():
-        elements = merged.setdefault(int(groups[index]), {})
-        for key, element in json.loads(values[index].as_py()).items():
+    indices = np.nonzero(valid & shared[groups])[0]
+    for group, text in zip(groups[indices].tolist(), values.take(indices).to_pylist(), strict=True):
+        elements = merged.setdefault(group, {})
+        for key, element in json.loads(text).items():
             _merge_element(elements, key, element)
     texts = reduced.to_pylist()
+    deletion_at = deletions.to_pylist()
     for group, elements in merged.items():
-        deletion = deletions[group].as_py()
+        deletion = deletion_at[group]
         kept = elements if deletion is None else {k: e for k, e in elements.items() if e["ts"] > deletion}
         texts[group] = pg_types.dumps(kept)
     return pa.array(texts, pa.string())
