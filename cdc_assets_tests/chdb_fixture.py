@@ -1,8 +1,8 @@
 """The in-process ClickHouse engine (chdb) for tests: one engine for the whole session, a fresh database per test.
 
 chdb hosts one engine (one data path) per process, so every test shares one path, whichever module
-asks for it; each test gets its own database prefix instead. A test module uses the fixtures with
-``pytest_plugins = ["cdc_assets_tests.chdb_fixture"]`` (or by importing them).
+asks for it; each test gets its own database prefix instead. The root conftest.py registers these
+fixtures for every test module.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A real PostgreSQL server for the tests, and a fresh database for each test that asks for one.
+"""A real PostgreSQL server for the tests, and a fresh database for each test (or module) that asks for one.
 
 The server is, in order: ``CDC_TEST_POSTGRES_DSN`` when set; PostgreSQL on 127.0.0.1:5432 (user
 ``postgres``) when one answers; else a private server this session starts with ``initdb``/``pg_ctl``
@@ -22,6 +22,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+# The chdb engine fixtures, for every module: chdb hosts one engine per process.
+pytest_plugins = ["cdc_assets_tests.chdb_fixture"]
 
 LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
@@ -91,12 +94,23 @@ def postgres_server() -> Iterator[str]:
             subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), check=False)
 
 
+def _database(server: str) -> Iterator[str]:
+    """A DSN of a database created on ``server`` for the caller alone, dropped when the caller is done."""
+    name = f"cdc_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield make_conninfo(**{**conninfo_to_dict(server), "dbname": name})
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def pg_dsn(postgres_server: str) -> Iterator[str]:
     """A DSN of a database created for this test alone, dropped afterwards."""
-    name = f"cdc_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield make_conninfo(**{**conninfo_to_dict(postgres_server), "dbname": name})
-    with psycopg.connect(postgres_server, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from _database(postgres_server)
+
+
+@pytest.fixture(scope="module")
+def module_pg_dsn(postgres_server: str) -> Iterator[str]:
+    """A DSN of a database shared by one module's tests (each keeping to schemas of its own), dropped afterwards."""
+    yield from _database(postgres_server)

@@ -28,8 +28,6 @@ from cdc_assets.destinations.ch_types import (
 from cdc_assets.destinations.clickhouse import ClickHouseDestination
 from cdc_assets.destinations.model import CassandraModel, canonical_value, order_bytes, value_bytes
 
-pytest_plugins = ["cdc_assets_tests.chdb_fixture"]
-
 Factory = Callable[[Path | None], ClickHouseDestination]
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -18,7 +18,7 @@ from cdc_assets.cassandra_schema.types import CqlType, parse_type
 from cdc_assets.change_batch import build_change_batch, change_batch_schema
 from cdc_assets.destinations.model import CassandraModel
 from cdc_assets.masking import ColumnMask, MaskingError, MaskingPolicy, mask_batch
-from cdc_assets_tests.chdb_fixture import chdb_dsn, new_destination  # noqa: F401
+from cdc_assets_tests.chdb_fixture import new_destination
 
 SALT = "pepper-for-the-tests-0123456789"
 KEY = "key-for-the-tests-abcdefghijklmnop"
@@ -454,7 +454,7 @@ def test_secrets_never_appear_in_reprs_or_dumps() -> None:
 
 
 def test_a_masked_batch_loads_into_a_real_destination_that_converges_without_raw_values(
-    chdb_dsn: str,  # noqa: F811
+    chdb_dsn: str,
 ) -> None:
     table, masked = mask_batch(customers(), customer_batch(), hash_everything("tokenize"))
     expected = CassandraModel(table)

@@ -20,7 +20,7 @@ from cdc_assets.destinations.base import (
 )
 from cdc_assets.destinations.postgres import PostgresDestination
 from cdc_assets.retry import backoff_delay, load_everywhere, retry
-from cdc_assets_tests.chdb_fixture import chdb_dsn, new_destination  # noqa: F401
+from cdc_assets_tests.chdb_fixture import new_destination
 
 TABLE = TableSchema(
     keyspace="ks",
@@ -188,7 +188,7 @@ def test_two_destinations_with_one_name_are_refused_before_loading() -> None:
     assert first.attempts == 0
 
 
-def test_a_real_destination_that_cannot_connect_does_not_stop_a_real_one_that_can(chdb_dsn: str) -> None:  # noqa: F811
+def test_a_real_destination_that_cannot_connect_does_not_stop_a_real_one_that_can(chdb_dsn: str) -> None:
     unreachable = PostgresDestination("host=127.0.0.1 port=1 user=postgres dbname=test connect_timeout=2")
     clickhouse = new_destination(chdb_dsn)
     sleeps: list[float] = []
