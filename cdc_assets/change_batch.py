@@ -30,6 +30,9 @@ column                          Arrow type                  meaning
 <static and regular columns>    cell struct (below)         null when the change does not touch the column
 ==============================  ==========================  ===============================================
 
+Static columns are only ever set in ``static_row`` changes and regular columns only in ``row`` changes,
+as Cassandra logs them (an INSERT that sets both writes a static row and a regular row).
+
 A *simple* column (any frozen or scalar type) is a struct
 ``{value: T, writetime: int64, ttl: int32, expires_at: timestamp[s, UTC], deleted: bool}``:
 ``writetime`` in µs as ``WRITETIME()`` returns it, ``ttl``/``expires_at`` set for TTL'd cells, and
