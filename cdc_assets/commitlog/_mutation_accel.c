@@ -20,6 +20,13 @@
 #define TIMESTAMP_EPOCH 1442880000000000ULL
 #define DELETION_TIME_EPOCH 1442880000ULL
 #define NO_DELETION_TIME_V13 0xFFFFFFFFu
+/* Entry framing (format notes, section 5); the codes are entries.py's. */
+#define MIN_ENTRY_SIZE 10
+#define ENTRY_HEADER_CUT 1
+#define ENTRY_BAD_SIZE 2
+#define ENTRY_SIZE_CRC 3
+#define ENTRY_PAST_SECTION 4
+#define ENTRY_BODY_CRC 5
 
 /* Partition flags (10.3) */
 #define IS_EMPTY 0x01
@@ -1437,6 +1444,110 @@ static PyObject *decode(PyObject *module, PyObject *const *args, Py_ssize_t narg
     return updates;
 }
 
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* split_entries: the C form of entries.py's framing walk (format notes, section 5). It returns the same
+ * error codes as the pure walk, and entries.py turns them into the same problems. CRC-32 is computed with a
+ * table here, so the extension needs no zlib headers to build. */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) {
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        }
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32_continue(uint32_t crc, const unsigned char *p, Py_ssize_t n)
+{
+    crc = ~crc;
+    while (n-- > 0) {
+        crc = crc_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    }
+    return ~crc;
+}
+
+static uint32_t be32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static PyObject *split_entries(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    long long base, after;
+    if (!PyArg_ParseTuple(args, "y*LL", &view, &base, &after)) {
+        return NULL;
+    }
+    const unsigned char *data = view.buf;
+    Py_ssize_t length = view.len, pos = 0;
+    PyObject *entries = PyList_New(0);
+    PyObject *result = NULL;
+    int end_of_segment = 0, code = 0;
+    long long error_size = 0;
+    if (entries == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    while (length - pos >= 4) {
+        int32_t size = (int32_t)be32(data + pos);
+        if (size == 0) {
+            end_of_segment = 1;
+            break;
+        }
+        if (length - pos < 8) {
+            code = ENTRY_HEADER_CUT;
+            break;
+        }
+        if (size < MIN_ENTRY_SIZE) {
+            code = ENTRY_BAD_SIZE;
+            error_size = size;
+            break;
+        }
+        uint32_t size_crc = crc32_continue(0, data + pos, 4);
+        if (be32(data + pos + 4) != size_crc) {
+            code = ENTRY_SIZE_CRC;
+            error_size = size;
+            break;
+        }
+        Py_ssize_t body = pos + 8;
+        if ((long long)size + 4 > (long long)(length - body)) {
+            code = ENTRY_PAST_SECTION;
+            error_size = size;
+            break;
+        }
+        if (be32(data + body + size) != crc32_continue(size_crc, data + body, size)) {
+            code = ENTRY_BODY_CRC;
+            error_size = size;
+            break;
+        }
+        Py_ssize_t next = body + size + 4;
+        if (base + next > after) {
+            PyObject *entry = Py_BuildValue("(Ly#)", base + (long long)next, (const char *)(data + body), (Py_ssize_t)size);
+            if (entry == NULL || PyList_Append(entries, entry) < 0) {
+                Py_XDECREF(entry);
+                goto done;
+            }
+            Py_DECREF(entry);
+        }
+        pos = next;
+    }
+    if (code) {
+        result = Py_BuildValue("(OO(inL))", entries, Py_False, code, pos, error_size);
+    } else {
+        result = Py_BuildValue("(OOO)", entries, end_of_segment ? Py_True : Py_False, Py_None);
+    }
+done:
+    Py_DECREF(entries);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* ------------------------------------------------------------------------------------------------------ */
 
 static PyMethodDef methods[] = {
@@ -1444,6 +1555,8 @@ static PyMethodDef methods[] = {
      PyDoc_STR("compile_table(spec) -> TableSpec: a TableDecoder.spec() tuple, compiled for decode().")},
     {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL,
      PyDoc_STR("decode(decoder, data, unsigned_ldt) -> [(table, changes)]: MutationDecoder.decode in C.")},
+    {"split_entries", (PyCFunction)split_entries, METH_VARARGS,
+     PyDoc_STR("split_entries(data, base, after) -> (entries, end, error): entries.walk_entries in C.")},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1508,6 +1621,7 @@ PyMODINIT_FUNC PyInit__mutation_accel(void)
     if (PyType_Ready(&TableSpecType) < 0 || intern_all() < 0) {
         return NULL;
     }
+    crc_init();
     /* The kind strings and the error class are the pure decoder's own objects. */
     MutationDecodeError = attribute_of("cdc_assets.commitlog.errors", "MutationDecodeError");
     KIND_ROW = attribute_of("cdc_assets.change_batch", "KIND_ROW");

@@ -2,65 +2,89 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
 from cdc_assets.commitlog.errors import CommitLogError, CorruptSegmentError, TruncatedSegmentError
 from cdc_assets.commitlog.sections import Section
 
+try:
+    from cdc_assets.commitlog._mutation_accel import split_entries as _split_accelerated
+except ImportError:
+    _split_accelerated = None
+
 _HEAD = struct.Struct(">iI")
 _CRC = struct.Struct(">I")
 MIN_ENTRY_SIZE = 10
+# Why a walk stopped early; the C accelerator returns the same codes.
+HEADER_CUT, BAD_SIZE, SIZE_CRC, PAST_SECTION, BODY_CRC = range(1, 6)
+
+Entries = list[tuple[int, bytes | memoryview]]
+WalkError = tuple[int, int, int] | None
+
+
+def walk_entries(data: bytes | memoryview, base: int, after: int) -> tuple[Entries, bool, WalkError]:
+    """The pure-Python framing walk: (entries ending after ``after``, end of segment, (code, offset, size))."""
+    data = memoryview(data)
+    length = len(data)
+    entries: Entries = []
+    pos = 0
+    crc32 = zlib.crc32
+    while length - pos >= 4:
+        if length - pos < 8:
+            if int.from_bytes(data[pos : pos + 4], "big", signed=True) == 0:
+                return entries, True, None
+            return entries, False, (HEADER_CUT, pos, 0)
+        size, size_crc = _HEAD.unpack_from(data, pos)
+        if size == 0:
+            return entries, True, None
+        if size < MIN_ENTRY_SIZE:
+            return entries, False, (BAD_SIZE, pos, size)
+        expected_size_crc = crc32(data[pos : pos + 4])
+        if size_crc != expected_size_crc:
+            return entries, False, (SIZE_CRC, pos, size)
+        body_start = pos + 8
+        end = body_start + size + 4
+        if end > length:
+            return entries, False, (PAST_SECTION, pos, size)
+        body = data[body_start : body_start + size]
+        (body_crc,) = _CRC.unpack_from(data, body_start + size)
+        if body_crc != crc32(body, expected_size_crc):
+            return entries, False, (BODY_CRC, pos, size)
+        if base + end > after:
+            entries.append((base + end, body))
+        pos = end
+    return entries, False, None
 
 
 def split_entries(
     section: Section, path: str, problems: list[CommitLogError], *, after: int = 0
-) -> tuple[list[tuple[int, memoryview]], bool]:
+) -> tuple[Entries, bool]:
     """The section's entries as (logical end position, mutation bytes), skipping those ending at or before ``after``.
 
     The flag is True when a zero size marks the end of the written part of the segment. On a CRC
     mismatch or a torn entry the problem is recorded and nothing after it in the section is returned.
     """
-    data = memoryview(section.data)
-    length = len(data)
-    base = section.logical_start
-    entries = []
-    pos = 0
-    crc32 = zlib.crc32
-    while length - pos >= 4:
-        if length - pos < 8:
-            size = int.from_bytes(data[pos : pos + 4], "big", signed=True)
-            if size == 0:
-                return entries, True
-            problems.append(TruncatedSegmentError(path, section.file_position(pos), "entry header cut short"))
-            return entries, False
-        size, size_crc = _HEAD.unpack_from(data, pos)
-        if size == 0:
-            return entries, True
-        where = f"entry at logical offset {base + pos}"
-        if size < MIN_ENTRY_SIZE:
-            problems.append(CorruptSegmentError(path, section.file_position(pos), f"{where}: invalid size {size}"))
-            return entries, False
-        expected_size_crc = crc32(data[pos : pos + 4])
-        if size_crc != expected_size_crc:
-            problems.append(CorruptSegmentError(path, section.file_position(pos), f"{where}: size CRC mismatch"))
-            return entries, False
-        body_start = pos + 8
-        end = body_start + size + 4
-        if end > length:
-            problems.append(
-                TruncatedSegmentError(
-                    path, section.file_position(pos), f"{where}: {size}-byte entry runs past its section"
-                )
-            )
-            return entries, False
-        body = data[body_start : body_start + size]
-        (body_crc,) = _CRC.unpack_from(data, body_start + size)
-        if body_crc != crc32(body, expected_size_crc):
-            problems.append(CorruptSegmentError(path, section.file_position(pos), f"{where}: mutation CRC mismatch"))
-            return entries, False
-        position = base + end
-        if position > after:
-            entries.append((position, body))
-        pos = end
-    return entries, False
+    walk = walk_entries if _split_accelerated is None or _PURE else _split_accelerated
+    entries, end, error = walk(section.data, section.logical_start, after)
+    if error is not None:
+        problems.append(_problem(section, path, *error))
+    return entries, end
+
+
+def _problem(section: Section, path: str, code: int, offset: int, size: int) -> CommitLogError:
+    where = f"entry at logical offset {section.logical_start + offset}"
+    position = section.file_position(offset)
+    if code == HEADER_CUT:
+        return TruncatedSegmentError(path, position, "entry header cut short")
+    if code == BAD_SIZE:
+        return CorruptSegmentError(path, position, f"{where}: invalid size {size}")
+    if code == SIZE_CRC:
+        return CorruptSegmentError(path, position, f"{where}: size CRC mismatch")
+    if code == PAST_SECTION:
+        return TruncatedSegmentError(path, position, f"{where}: {size}-byte entry runs past its section")
+    return CorruptSegmentError(path, position, f"{where}: mutation CRC mismatch")
+
+
+_PURE = os.environ.get("CDC_ASSETS_PURE_PYTHON") == "1"
