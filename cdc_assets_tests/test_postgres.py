@@ -512,6 +512,22 @@ def test_a_value_postgres_cannot_store_is_dead_lettered_with_a_replayable_payloa
     assert [r["k"] for r in postgres.current_state(SIMPLE)] == [2]
 
 
+def test_a_collection_element_with_a_nul_character_is_dead_lettered_and_the_rest_loads(
+    postgres: PostgresDestination, tmp_path: Path
+):
+    table = table_of("nul", ("k", "int", "partition_key"), ("tags", "set<text>", "regular"), ("w", "text", "regular"))
+    literal_escape = "back\\u0000slash"  # the six characters \u0000 as text: no NUL in it
+    changes = [
+        row({"k": 1}, position=1, cells={"tags": elements(("a\x00b", None))}),
+        row({"k": 2}, position=2, cells={"tags": elements((literal_escape, None)), "w": cell("fine")}),
+    ]
+    result = postgres.load(table, build_change_batch(table, changes), load_id="1")
+    assert result.rows == 1
+    [letter] = list(DeadLetterStore(tmp_path / "dead.jsonl"))
+    assert "NUL" in letter.reason and "tags" in letter.reason and letter.position == 1
+    assert [(r["k"], r["tags"], r["w"]) for r in postgres.current_state(table)] == [(2, [literal_escape], "fine")]
+
+
 def test_without_a_dead_letter_store_a_change_that_cannot_be_taken_fails_the_load_permanently(pg_dsn: str):
     destination = PostgresDestination(pg_dsn)
     batch = build_change_batch(SIMPLE, [row({"k": 1}, {"c": 1}, cells={"w": cell("nul\x00byte")})])

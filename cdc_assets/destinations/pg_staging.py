@@ -226,6 +226,10 @@ def _staged_values(column: Column, values: pa.Array, rejected: dict[int, str]) -
     return pa.array(texts, pa.string())
 
 
+# A JSON-escaped NUL: \u0000 after an even number (zero included) of escaped backslashes.
+_JSON_NUL = r"(?:^|[^\\])(?:\\\\)*\\u0000"
+
+
 def _reject_where(mask: pa.Array, reason: str, rejected: dict[int, str]) -> None:
     for index in np.nonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))[0]:
         rejected.setdefault(int(index), reason)
@@ -298,20 +302,24 @@ def _elements(column: Column, cells: pa.Array, rejected: dict[int, str]) -> pa.A
     """Each change's elements of a complex column as JSON text: element identity → element (module docstring)."""
     cql = column.type
     lists = pc.struct_field(cells, "cells")
-    columnar = _columnar_elements(cql, lists)
-    if columnar is not None:
-        return columnar
-    result: list[str | None] = []
-    for index, raw in enumerate(python_values(lists)):
-        if raw is None:
-            result.append(None)
-            continue
-        try:
-            result.append(pg_types.dumps(_column_elements(cql, raw)))
-        except (ValueError, OverflowError) as error:
-            rejected.setdefault(index, f"{column.name}: {error}")
-            result.append(None)
-    return pa.array(result, pa.string())
+    texts = _columnar_elements(cql, lists)
+    if texts is None:
+        result: list[str | None] = []
+        for index, raw in enumerate(python_values(lists)):
+            if raw is None:
+                result.append(None)
+                continue
+            try:
+                result.append(pg_types.dumps(_column_elements(cql, raw)))
+            except (ValueError, OverflowError) as error:
+                rejected.setdefault(index, f"{column.name}: {error}")
+                result.append(None)
+        texts = pa.array(result, pa.string())
+    # jsonb cannot hold a NUL character: set such a change aside instead of failing the whole load.
+    _reject_where(
+        pc.match_substring_regex(texts, _JSON_NUL), f"{column.name}: an element with a NUL character", rejected
+    )
+    return texts
 
 
 def _columnar_elements(cql: CqlType, lists: pa.Array) -> pa.Array | None:
