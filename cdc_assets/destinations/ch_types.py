@@ -155,21 +155,6 @@ def _duration_struct(array: pa.Array) -> pa.StructArray:
 # Reading: ClickHouse's Arrow output → the Python values the canonical form (model.py) accepts.
 
 
-def raw_arrow_type(arrow: pa.DataType) -> pa.DataType:
-    """``arrow`` with temporal types replaced by their integers, so ``to_pylist`` loses nothing."""
-    if pa.types.is_timestamp(arrow) or pa.types.is_time64(arrow):
-        return pa.int64()
-    if pa.types.is_date32(arrow):
-        return pa.int32()
-    if pa.types.is_struct(arrow):
-        return pa.struct([f.with_type(raw_arrow_type(f.type)) for f in arrow])
-    if pa.types.is_map(arrow):
-        return pa.map_(raw_arrow_type(arrow.key_type), raw_arrow_type(arrow.item_type))
-    if pa.types.is_list(arrow):
-        return pa.list_(arrow.value_field.with_type(raw_arrow_type(arrow.value_type)))
-    return arrow
-
-
 def from_clickhouse(cql: CqlType, value: Any) -> Any:
     """A value of ``cql`` read from ClickHouse (raw Arrow types, strings as bytes) as model.py accepts it."""
     if value is None:

@@ -71,11 +71,10 @@ from cdc_assets.destinations.ch_types import (
     nullable,
     order_key_sql,
     quote,
-    raw_arrow_type,
     reconcile_key_sql,
     to_clickhouse_arrow,
 )
-from cdc_assets.destinations.model import canonical_rows
+from cdc_assets.destinations.model import canonical_rows, raw_type
 
 DEFAULT_DSN = "chdb://memory"
 
@@ -546,7 +545,7 @@ class ClickHouseDestination:
             result = self._call(lambda: self.client.query_arrow(sql, use_strings=False))
         effective = layout.table
         columns = effective.partition_key + effective.clustering + effective.statics + effective.regulars
-        raw = pa.table([c.cast(raw_arrow_type(c.type)) for c in result.columns], names=result.column_names)
+        raw = pa.table([c.cast(raw_type(c.type)) for c in result.columns], names=result.column_names)
         rows = [{c.name: from_clickhouse(c.type, row[c.name]) for c in columns} for row in raw.to_pylist()]
         return canonical_rows(effective, rows)
 
