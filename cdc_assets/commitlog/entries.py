@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 
+from cdc_assets.commitlog.accelerator import accelerator
 from cdc_assets.commitlog.errors import CommitLogError, CorruptSegmentError, TruncatedSegmentError
 from cdc_assets.commitlog.sections import Section
-
-try:
-    from cdc_assets.commitlog._mutation_accel import split_entries as _split_accelerated
-except ImportError:
-    _split_accelerated = None
 
 _HEAD = struct.Struct(">iI")
 _CRC = struct.Struct(">I")
@@ -66,7 +61,8 @@ def split_entries(
     The flag is True when a zero size marks the end of the written part of the segment. On a CRC
     mismatch or a torn entry the problem is recorded and nothing after it in the section is returned.
     """
-    walk = walk_entries if _split_accelerated is None or _PURE else _split_accelerated
+    compiled = accelerator()
+    walk = walk_entries if compiled is None else compiled.split_entries
     entries, end, error = walk(section.data, section.logical_start, after)
     if error is not None:
         problems.append(_problem(section, path, *error))
@@ -85,6 +81,3 @@ def _problem(section: Section, path: str, code: int, offset: int, size: int) -> 
     if code == PAST_SECTION:
         return TruncatedSegmentError(path, position, f"{where}: {size}-byte entry runs past its section")
     return CorruptSegmentError(path, position, f"{where}: mutation CRC mismatch")
-
-
-_PURE = os.environ.get("CDC_ASSETS_PURE_PYTHON") == "1"

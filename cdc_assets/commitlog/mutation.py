@@ -6,7 +6,6 @@ A change dict has the keyword names of ``ChangeBatchBuilder.add`` (without segme
 from __future__ import annotations
 
 import functools
-import os
 import struct
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from cdc_assets.change_batch import (
     KIND_ROW,
     KIND_STATIC_ROW,
 )
+from cdc_assets.commitlog.accelerator import COMPILED, accelerator
 from cdc_assets.commitlog.errors import MutationDecodeError, UnknownTableError
 from cdc_assets.commitlog.primitives import (
     DELETION_TIME_EPOCH,
@@ -31,11 +31,6 @@ from cdc_assets.commitlog.primitives import (
     s64,
 )
 from cdc_assets.commitlog.values import Decoder, format_uuid, partition_key_decoder, value_decoder
-
-try:
-    from cdc_assets.commitlog import _mutation_accel
-except ImportError:  # the optional C extension did not build: the pure-Python decoder does all the work
-    _mutation_accel = None
 
 # Partition flags (10.3)
 IS_EMPTY = 0x01
@@ -151,7 +146,7 @@ class TableDecoder:
     @functools.cached_property
     def compiled(self) -> object:
         """The C accelerator's form of ``spec()``, built when the accelerator first decodes this table."""
-        return _mutation_accel.compile_table(self.spec())
+        return COMPILED.compile_table(self.spec())
 
     def column(self, name: bytes) -> ColumnDecoder:
         decoder = self.columns.get(name)
@@ -236,8 +231,7 @@ class MutationDecoder:
         self.registry = registry
         self.unsigned_ldt = messaging_version >= 13
         self._tables: dict[bytes, TableDecoder] = {}
-        # CDC_ASSETS_PURE_PYTHON=1 keeps the C accelerator out (differential tests, benchmarks).
-        self._accelerator = None if os.environ.get("CDC_ASSETS_PURE_PYTHON") == "1" else _mutation_accel
+        self._accelerator = accelerator()
 
     @property
     def accelerated(self) -> bool:
