@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 
 from cdc_assets.commitlog.accelerator import accelerator
+from cdc_assets.commitlog.descriptor import SegmentDescriptor
+from cdc_assets.commitlog.encryption import EncryptionKeys
 from cdc_assets.commitlog.errors import CommitLogError, CorruptSegmentError, TruncatedSegmentError
-from cdc_assets.commitlog.sections import Section
+from cdc_assets.commitlog.sections import Section, iter_sections
 
 _HEAD = struct.Struct(">iI")
 _CRC = struct.Struct(">I")
@@ -67,6 +70,27 @@ def split_entries(
     if error is not None:
         problems.append(_problem(section, path, *error))
     return entries, end
+
+
+def section_entries(
+    data: bytes | memoryview,
+    descriptor: SegmentDescriptor,
+    path: str,
+    problems: list[CommitLogError],
+    *,
+    limit: int | None = None,
+    after: int = 0,
+    keys: EncryptionKeys | None = None,
+) -> Iterator[tuple[Section, Entries]]:
+    """Each section of a segment with its entries (those ending after ``after``), up to the written end.
+
+    ``limit`` and ``keys`` are :func:`iter_sections`' own.
+    """
+    for section in iter_sections(data, descriptor, path, problems, limit=limit, after=after, keys=keys):
+        entries, end = split_entries(section, path, problems, after=after)
+        yield section, entries
+        if end:
+            return
 
 
 def _problem(section: Section, path: str, code: int, offset: int, size: int) -> CommitLogError:

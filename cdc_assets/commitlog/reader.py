@@ -23,10 +23,9 @@ from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
 from cdc_assets.change_batch import ChangeBatchBuilder
 from cdc_assets.commitlog.descriptor import DECODABLE_VERSIONS, SegmentDescriptor, read_descriptor
 from cdc_assets.commitlog.encryption import EncryptionKeys
-from cdc_assets.commitlog.entries import split_entries
+from cdc_assets.commitlog.entries import section_entries
 from cdc_assets.commitlog.errors import CommitLogError, MutationDecodeError, SegmentVanishedError, UnknownTableError
 from cdc_assets.commitlog.mutation import MutationDecoder
-from cdc_assets.commitlog.sections import iter_sections
 from cdc_assets.dead_letters import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -112,11 +111,8 @@ def scan_segment(path: str | os.PathLike[str], *, keys: EncryptionKeys | None = 
     descriptor = read_descriptor(data, path)
     problems: list[CommitLogError] = []
     entries: list[tuple[int, bytes]] = []
-    for section in iter_sections(data, descriptor, path, problems, keys=keys):
-        found, end = split_entries(section, path, problems)
+    for _, found in section_entries(data, descriptor, path, problems, keys=keys):
         entries += [(position, bytes(body)) for position, body in found]
-        if end:
-            break
     return SegmentScan(descriptor, entries, problems)
 
 
@@ -187,10 +183,9 @@ class CommitLogReader:
         decoder = self._decoder(descriptor.messaging_version)
         name = Path(path).name
         segment_id = descriptor.segment_id
-        for section in iter_sections(
+        for section, entries in section_entries(
             data, descriptor, path, stats.problems, limit=limit, after=skip_to, keys=self.keys
         ):
-            entries, end = split_entries(section, path, stats.problems, after=skip_to)
             stats.bytes_read += section.logical_end - section.logical_start
             for position, body in entries:
                 try:
@@ -212,8 +207,6 @@ class CommitLogReader:
                 # Only once the whole section has been handed out: a reader stopped part-way resumes earlier.
                 stats.entries += len(entries)
                 stats.last_position = Position(segment_id, entries[-1][0])
-            if end:
-                break
         for problem in stats.problems:
             log.warning("%s", problem)
 
