@@ -130,3 +130,17 @@ def test_a_segment_deleted_before_it_is_read_is_reported_as_lost_not_a_crash(cdc
     [problem] = result.stats.problems
     assert isinstance(problem, SegmentVanishedError) and str(vanished) in str(problem) and "lost" in str(problem)
     assert result.batches["Keyspace1.Standard1"].num_rows == 355
+
+
+def test_each_problem_is_logged_once_however_many_segments_one_read_covers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    damaged = bytearray(SEGMENT.read_bytes())
+    damaged[19646 + 20] ^= 0xFF  # inside the body of the Standard1 entry at 19646 (format notes, appendix A)
+    path = tmp_path / SEGMENT.name
+    path.write_bytes(damaged)
+    caplog.set_level("WARNING", logger="cdc_assets.commitlog.reader")
+    result = CommitLogReader(load_cql_file(SCHEMA_FIXTURES / "standard1-4.0.11.cql")).read_segments([path, path])
+    logged = [record.getMessage() for record in caplog.records if "CRC" in record.getMessage()]
+    assert len(result.stats.problems) == 2  # the damaged entry, once per read of the segment
+    assert logged == [str(problem) for problem in result.stats.problems]

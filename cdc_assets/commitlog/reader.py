@@ -162,6 +162,7 @@ class CommitLogReader:
         ``limit`` is a logical offset not to read past, such as the ``_cdc.idx`` durable offset.
         """
         stats = stats if stats is not None else ReadStats()
+        known_problems = len(stats.problems)
         path = os.fspath(path)
         try:
             data = Path(path).read_bytes()
@@ -207,7 +208,8 @@ class CommitLogReader:
                 # Only once the whole section has been handed out: a reader stopped part-way resumes earlier.
                 stats.entries += len(entries)
                 stats.last_position = Position(segment_id, entries[-1][0])
-        for problem in stats.problems:
+        # Only this segment's: stats may carry the problems of segments read before it.
+        for problem in stats.problems[known_problems:]:
             log.warning("%s", problem)
 
     def _set_aside(
