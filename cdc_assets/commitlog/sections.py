@@ -10,6 +10,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from cdc_assets.commitlog.compression import decompress
 from cdc_assets.commitlog.descriptor import SegmentDescriptor
 from cdc_assets.commitlog.encryption import EncryptionKeys, KeystoreError, decrypt_block
 from cdc_assets.commitlog.errors import CommitLogError, CorruptSegmentError, TruncatedSegmentError
@@ -104,7 +105,7 @@ def iter_sections(
                 if encrypted:
                     content = _decrypt_section(block, key, iv, params["encCipher"])
                 else:
-                    content = _decompress(compression, block, plain_length)
+                    content = decompress(compression, bytes(block), plain_length)
             except (ValueError, struct.error) as error:
                 problems.append(CorruptSegmentError(path, pos, f"section cannot be read: {error}"))
                 content = None
@@ -119,12 +120,6 @@ def iter_sections(
         pos = next_marker
 
 
-def _decompress(compression_class: str, block: memoryview, plain_length: int) -> bytes:
-    from cdc_assets.commitlog.compression import decompress
-
-    return decompress(compression_class, bytes(block), plain_length)
-
-
 def _decrypt_section(block: memoryview, key: bytes, iv: bytes, cipher_name: str) -> bytes:
     chunks = []
     pos = 0
@@ -136,5 +131,5 @@ def _decrypt_section(block: memoryview, key: bytes, iv: bytes, cipher_name: str)
         plain = decrypt_block(key, iv, cipher_name, block[pos : pos + cipher_length])[:compressed_length]
         pos += cipher_length
         (raw_length,) = _INT.unpack_from(plain, 0)
-        chunks.append(_decompress(_ENCRYPTED_CHUNK_COMPRESSION, memoryview(plain)[4:], raw_length))
+        chunks.append(decompress(_ENCRYPTED_CHUNK_COMPRESSION, plain[4:], raw_length))
     return b"".join(chunks)
