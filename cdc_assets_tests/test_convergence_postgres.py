@@ -10,8 +10,9 @@ import itertools
 from contextlib import closing
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from cdc_assets.destinations.postgres import PostgresDestination
+from cdc_assets.destinations.postgres import PIECE_CHANGES, PostgresDestination
 from cdc_assets.destinations.timescale import TimescaleDestination
 from cdc_assets_tests.convergence import TABLE, Delivery, assert_converges, deliveries
 
@@ -23,18 +24,25 @@ SETTINGS = settings(
 )
 
 
+# Loads go to PostgreSQL a few partitions at a time, or whole.
+PIECES = st.sampled_from([1, 3, PIECE_CHANGES])
+
+
 @SETTINGS
-@given(delivered=deliveries(TABLE))
-def test_postgres_current_state_equals_the_model_whatever_the_delivery(module_pg_dsn: str, delivered: Delivery) -> None:
-    with closing(PostgresDestination(module_pg_dsn, f"p{next(_prefixes)}_")) as destination:
+@given(delivered=deliveries(TABLE), pieces=PIECES)
+def test_postgres_current_state_equals_the_model_whatever_the_delivery(
+    module_pg_dsn: str, delivered: Delivery, pieces: int
+) -> None:
+    with closing(PostgresDestination(module_pg_dsn, f"p{next(_prefixes)}_", piece_changes=pieces)) as destination:
         assert_converges(destination, TABLE, delivered)
 
 
 @settings(SETTINGS, max_examples=20)
-@given(delivered=deliveries(TABLE))
+@given(delivered=deliveries(TABLE), pieces=PIECES)
 def test_timescale_fallback_current_state_equals_the_model_whatever_the_delivery(
-    module_pg_dsn: str, delivered: Delivery
+    module_pg_dsn: str, delivered: Delivery, pieces: int
 ) -> None:
     prefix = f"t{next(_prefixes)}_"
-    with closing(TimescaleDestination(module_pg_dsn, prefix, allow_plain_postgres=True)) as destination:
+    destination = TimescaleDestination(module_pg_dsn, prefix, allow_plain_postgres=True, piece_changes=pieces)
+    with closing(destination):
         assert_converges(destination, TABLE, delivered)

@@ -12,10 +12,9 @@ A change becomes one or two *parts*, each a staging row aimed at one storage tab
 A simple column ``c`` is staged as ``c`` (the value, in its PostgreSQL type), ``c__ts`` (write time,
 µs), ``c__exp`` (expiry, seconds since the epoch, for TTL'd cells), ``c__del`` (tombstone) and, for the
 types whose CQL bytes PostgreSQL cannot compute (``pg_types.value_bytes_sql``), ``c__vb`` (those bytes,
-for Cassandra's tie-break). A complex column is staged as ``c`` (jsonb: element key → element) and
-``c__deleted_at`` (the collection deletion). An element is ``{"ts", "c" (0 live, 1 expiring,
-2 tombstone), "exp", "vb" (hex of the value's CQL bytes), "v" (the value, as pg_types' JSON), "o" (hex of
-the element's order bytes), "k" (a map key's JSON text)}``.
+for Cassandra's tie-break). A complex column is staged as ``c`` (jsonb: element identity → element, as
+``pg_elements`` describes) and ``c__deleted_at`` (the collection deletion); until the parts are reduced,
+its elements are kept aside as Arrow rows (``Parts.elements``).
 
 :func:`reduce_parts` merges the parts of one key within a batch by the same rules the merge statement
 applies against stored rows, so the statement sees each key once. Everything is columnar except the
@@ -24,7 +23,6 @@ values that need Python (blobs, durations, collections, UDTs, non-integer cluste
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,17 +35,17 @@ import pyarrow.compute as pc
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
+from cdc_assets.destinations import pg_elements as el
 from cdc_assets.destinations import pg_types
 from cdc_assets.destinations.model import (
     MAX_WRITETIME,
     canonical_value,
     key_component,
-    order_bytes,
     python_values,
     range_bounds,
-    timeuuid_order,
     value_bytes,
 )
+from cdc_assets.destinations.pg_keys import all_uuid_text, bytea_text, key_matrix, uuid_key
 
 PART_ROW, PART_STATIC, PART_PARTITION, PART_RANGE = "r", "s", "p", "g"
 
@@ -65,10 +63,6 @@ DELETED_AT = "_cdc_deleted_at"
 # Years 1-9999: what the staging text forms can spell (PostgreSQL itself goes further).
 _MIN_MS, _MAX_MS = -62135596800000, 253402300799999
 _MIN_DAYS, _MAX_DAYS = -719162, 2932896
-_UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_HEX_VALUES = np.zeros(256, dtype=np.uint8)
-_HEX_VALUES[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
-_HEX_VALUES[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
 _PLAIN_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 # Digits (and a sign) that always fit a signed 64-bit integer.
 _MAX_INT64_DIGITS = 18
@@ -136,10 +130,15 @@ def staging_columns(table: TableSchema, columns: Sequence[Column]) -> list[tuple
 
 @dataclass
 class Parts:
-    """Staging rows as Arrow columns (a complex column's elements as the JSON text of its jsonb)."""
+    """Staging rows as Arrow columns.
+
+    Until :func:`reduce_parts` renders them as jsonb text, a complex column's staged column is null and its
+    elements are in ``elements`` (``pg_elements`` rows, ``SOURCE`` the change they came from).
+    """
 
     table: pa.Table
     rejected: dict[int, str] = field(default_factory=dict)
+    elements: dict[str, pa.Table] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -155,6 +154,7 @@ def flatten(table: TableSchema, batch: pa.RecordBatch, columns: Sequence[Column]
     rejected: dict[int, str] = {}
     n = batch.num_rows
     data: dict[str, pa.Array] = {SOURCE: pa.array(np.arange(n, dtype=np.int32))}
+    elements: dict[str, pa.Table] = {}
     for column in table.partition_key + table.clustering:
         data[column.name] = _staged_values(column, batch.column(column.name), rejected)
     data[LIVE_TS] = batch.column(cb.ROW_WRITETIME)
@@ -163,7 +163,8 @@ def flatten(table: TableSchema, batch: pa.RecordBatch, columns: Sequence[Column]
     for column in columns:
         cells = batch.column(column.name)
         if column.type.is_complex:
-            data[column.name] = _elements(column, cells, rejected)
+            elements[column.name] = el.element_rows(column, cells, rejected)
+            data[column.name] = pa.nulls(n, pa.string())
             data[deleted_at_name(column.name)] = pc.struct_field(cells, "deletion")
         else:
             data.update(_simple_cells(column, cells, rejected))
@@ -190,6 +191,7 @@ def flatten(table: TableSchema, batch: pa.RecordBatch, columns: Sequence[Column]
     if rejected:
         parts = _without_sources(parts, rejected)
     parts.rejected = rejected
+    parts.elements = elements
     return parts
 
 
@@ -224,10 +226,6 @@ def _staged_values(column: Column, values: pa.Array, rejected: dict[int, str]) -
             rejected.setdefault(index, f"{column.name}: text with a NUL character")
         texts.append(text)
     return pa.array(texts, pa.string())
-
-
-# A JSON-escaped NUL: \u0000 after an even number (zero included) of escaped backslashes.
-_JSON_NUL = r"(?:^|[^\\])(?:\\\\)*\\u0000"
 
 
 def _reject_where(mask: pa.Array, reason: str, rejected: dict[int, str]) -> None:
@@ -296,204 +294,6 @@ def _decimal_value_bytes(values: pa.Array) -> pa.Array | None:
     data = pa.py_buffer(matrix[keep].tobytes())
     raw = pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets.tobytes()), data])
     return pc.if_else(pa.array(valid), raw, pa.scalar(None, pa.binary()))
-
-
-def _elements(column: Column, cells: pa.Array, rejected: dict[int, str]) -> pa.Array:
-    """Each change's elements of a complex column as JSON text: element identity → element (module docstring)."""
-    cql = column.type
-    lists = pc.struct_field(cells, "cells")
-    texts = _columnar_elements(cql, lists)
-    if texts is None:
-        result: list[str | None] = []
-        for index, raw in enumerate(python_values(lists)):
-            if raw is None:
-                result.append(None)
-                continue
-            try:
-                result.append(pg_types.dumps(_column_elements(cql, raw)))
-            except (ValueError, OverflowError) as error:
-                rejected.setdefault(index, f"{column.name}: {error}")
-                result.append(None)
-        texts = pa.array(result, pa.string())
-    # jsonb cannot hold a NUL character: set such a change aside instead of failing the whole load.
-    _reject_where(
-        pc.match_substring_regex(texts, _JSON_NUL), f"{column.name}: an element with a NUL character", rejected
-    )
-    return texts
-
-
-def _columnar_elements(cql: CqlType, lists: pa.Array) -> pa.Array | None:
-    """What :func:`_elements` writes, built column by column: for sets, lists and maps of text and integers
-    (None for other collections, or for text JSON must escape)."""
-    if cql.kind not in ("set", "list", "map"):
-        return None
-    value_type = None if cql.kind == "set" else cql.args[-1]
-    path_type = CqlType("timeuuid") if cql.kind == "list" else cql.args[0]
-    if cql.kind != "list" and path_type.kind not in _COLUMNAR_ELEMENT_KINDS:
-        return None
-    if value_type is not None and value_type.kind not in _COLUMNAR_ELEMENT_KINDS:
-        return None
-    present = pc.indices_nonzero(pc.is_valid(lists))
-    changes = lists.take(present)
-    cells = pc.list_flatten(changes)
-    paths = pc.struct_field(cells, "path")
-    if cql.kind == "list":
-        if not _all_uuid_text(paths):
-            return None
-        keys = pc.utf8_lower(paths)
-        # A key component is 0x02 then the order bytes: drop the marker's two hex digits.
-        order = pc.utf8_slice_codeunits(_hex(_uuid_key("timeuuid", paths, False)), 2)
-    else:
-        path_text = _element_text(path_type, paths)
-        if path_text is None:
-            return None
-        keys, order, path_json = path_text
-    parents = pc.list_parent_indices(changes)
-    identities = pc.dictionary_encode(pc.binary_join_element_wise(parents.cast(pa.string()), keys, ":")).indices
-    repeated = np.bincount(identities.to_numpy(), minlength=1)[identities.to_numpy()] > 1
-    deleted = pc.struct_field(cells, "deleted")
-    expires = pc.struct_field(cells, "expires_at").cast(pa.int64())
-    live = pc.invert(deleted)
-    rank_class = pc.if_else(deleted, "2", pc.if_else(pc.is_valid(expires), "1", "0"))
-    fragments = [
-        '"',
-        keys,
-        '":{"ts":',
-        pc.struct_field(cells, "writetime").cast(pa.string()),
-        ',"c":',
-        rank_class,
-        _when(live, pc.binary_join_element_wise(',"exp":', expires.cast(pa.string()), "")),
-    ]
-    if cql.kind == "set":
-        fragments += [_when(live, ',"vb":""'), ',"v":', path_json]
-    else:
-        value_text = _element_text(value_type, pc.struct_field(cells, "value"))
-        if value_text is None:
-            return None
-        value_bytes_hex, _, value_json = value_text
-        fragments += [_when(live, ',"vb":"'), _when(live, value_bytes_hex), _when(live, '"')]
-        fragments += [_when(live, ',"v":'), _when(live, value_json)]
-    fragments += [',"o":"', order, '"']
-    if cql.kind == "map":
-        fragments += [',"k":', path_json if path_type.kind in ("ascii", "text") else _quoted(path_json)]
-    fragments.append("}")
-    texts = pc.binary_join_element_wise(*fragments, "", null_handling="skip")
-    offsets = np.r_[0, np.cumsum(pc.list_value_length(changes).to_numpy())].astype(np.int32)
-    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), texts), ",")
-    objects = pc.binary_join_element_wise("{", joined, "}", "")
-    if repeated.any():
-        # An element named twice in one change: the rare case _column_elements resolves, one change at a time.
-        rows = np.unique(parents.to_numpy()[repeated])
-        texts = objects.to_pylist()
-        for row, raw in zip(rows.tolist(), python_values(changes.take(pa.array(rows))), strict=True):
-            texts[row] = pg_types.dumps(_column_elements(cql, raw))
-        objects = pa.array(texts, pa.string())
-    positions = np.full(len(lists), -1, dtype=np.int64)
-    positions[present.to_numpy()] = np.arange(len(present))
-    return objects.take(_indices(positions))
-
-
-def _element_text(cql: CqlType, values: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array] | None:
-    """Text and integer values as (hex of their CQL bytes, hex of their order bytes, their JSON);
-    None when some text needs escaping in JSON (which then also rules out a NUL in the order bytes)."""
-    if cql.kind in ("ascii", "text"):
-        if pc.any(pc.match_substring_regex(values, r'[\x00-\x1f"\\]')).as_py():
-            return None
-        value_hex = _hex(values.cast(pa.binary()))
-        return value_hex, pc.binary_join_element_wise(value_hex, "0000", ""), _quoted(values)
-    width = _INT_KEY_WIDTHS[cql.kind]
-    numbers = pc.fill_null(values.cast(pa.int64()), 0).to_numpy()
-    signed = numbers.astype(f">i{width}").view(np.uint8).reshape(-1, width)
-    biased = signed.copy()
-    biased[:, 0] ^= 0x80
-    json_text = pc.if_else(pc.is_valid(values), values.cast(pa.string()), pa.scalar(None, pa.string()))
-    return _hex(_fixed_binary(signed)), _hex(_fixed_binary(biased)), json_text
-
-
-def _when(mask: pa.Array, text: str | pa.Array) -> pa.Array:
-    """``text`` where ``mask``, null elsewhere (a fragment the JSON of that element leaves out)."""
-    return pc.if_else(mask, text, pa.scalar(None, pa.string()))
-
-
-def _quoted(values: pa.Array) -> pa.Array:
-    return pc.binary_join_element_wise('"', values, '"', "")
-
-
-def _hex(values: pa.Array) -> pa.Array:
-    return pc.utf8_slice_codeunits(bytea_text(values), 2)
-
-
-def _fixed_binary(matrix: np.ndarray) -> pa.Array:
-    n, width = matrix.shape
-    buffer = pa.py_buffer(np.ascontiguousarray(matrix).tobytes())
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, buffer]).cast(pa.binary())
-
-
-def _column_elements(cql: CqlType, raw: Any) -> dict[str, Any]:
-    elements: dict[str, Any] = {}
-    if cql.kind == "udt":
-        for name, field_type in zip(cql.field_names, cql.args, strict=True):
-            cell = raw.get(name)
-            if cell is not None:
-                _merge_element(elements, name, _element(field_type, cell))
-        return elements
-    if cql.kind == "list":
-        path_type, value_type = CqlType("timeuuid"), cql.args[0]
-    elif cql.kind == "set":
-        path_type, value_type = cql.args[0], None
-    else:
-        path_type, value_type = cql.args
-    for cell in raw:
-        path = canonical_value(path_type, cell["path"])
-        element = _element(value_type, cell)
-        if cql.kind == "list":
-            key = path
-            element["o"] = timeuuid_order(path).hex()
-        else:
-            key = value_bytes(path_type, path).hex()
-            element["o"] = order_bytes(path_type, path).hex()
-            if cql.kind == "set":
-                element["v"] = pg_types.json_value(path_type, path)
-            else:
-                element["k"] = pg_types.map_key_text(path_type, path)
-        _merge_element(elements, key, element)
-    return elements
-
-
-def _element(value_type: CqlType | None, cell: dict[str, Any]) -> dict[str, Any]:
-    if cell["deleted"]:
-        return {"ts": cell["writetime"], "c": 2}
-    element: dict[str, Any] = {"ts": cell["writetime"], "c": 0}
-    if cell["expires_at"] is not None:
-        element["c"] = 1
-        element["exp"] = cell["expires_at"]
-    if value_type is not None:
-        value = canonical_value(value_type, cell["value"])
-        element["vb"] = value_bytes(value_type, value).hex()
-        element["v"] = pg_types.json_value(value_type, value)
-    else:
-        element["vb"] = ""
-    return element
-
-
-def element_rank(element: dict[str, Any]) -> tuple[int, int, int, str]:
-    """Cassandra's reconciliation order of an element (hex of equal-length-prefix bytes orders as bytes)."""
-    return (element["ts"], element["c"], element.get("exp", 0), element.get("vb", ""))
-
-
-def _merge_element(elements: dict[str, Any], key: str, element: dict[str, Any]) -> None:
-    current = elements.get(key)
-    if current is None or element_rank(element) > element_rank(current):
-        elements[key] = element
-
-
-def latest_element_writetime(elements: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """The latest write time among each part's elements of a complex column (null when it has none)."""
-    latest = []
-    for text in elements.to_pylist():
-        stamps = [] if text is None else [element["ts"] for element in json.loads(text).values()]
-        latest.append(max(stamps) if stamps else None)
-    return pa.array(latest, pa.int64())
 
 
 def _any_valid(arrays: list[pa.Array], n: int) -> pa.Array:
@@ -581,9 +381,9 @@ def _key_component(column: Column, array: pa.Array, descending: bool) -> pa.Arra
             biased = (values.view(np.uint64) ^ np.uint64(1 << 63)).astype(">u8")
         else:
             biased = (values + (1 << (8 * width - 1))).astype(f">u{width}")
-        return _key_matrix(biased.view(np.uint8).reshape(n, width), descending)
-    if array.null_count == 0 and kind in ("uuid", "timeuuid") and _all_uuid_text(array):
-        return _uuid_key(kind, array, descending)
+        return key_matrix(biased.view(np.uint8).reshape(n, width), descending)
+    if array.null_count == 0 and kind in ("uuid", "timeuuid") and all_uuid_text(array):
+        return uuid_key(kind, array, descending)
     if array.null_count == 0 and kind in ("ascii", "text", "blob") and not descending:
         escaped = pc.replace_substring(array.cast(pa.binary()), b"\x00", b"\x00\xff")
         header, trailer = pa.scalar(b"\x02", pa.binary()), pa.scalar(b"\x00\x00", pa.binary())
@@ -592,42 +392,6 @@ def _key_component(column: Column, array: pa.Array, descending: bool) -> pa.Arra
         [key_component(column.type, _pg_key_value(column.type, v), descending) for v in python_values(array)],
         pa.binary(),
     )
-
-
-def _key_matrix(order: np.ndarray, descending: bool) -> pa.Array:
-    """Key components (``model.key_component``) of values whose order bytes are the rows of ``order``."""
-    n, width = order.shape
-    matrix = np.empty((n, width + 1), dtype=np.uint8)
-    matrix[:, 0] = 2
-    matrix[:, 1:] = order
-    if descending:
-        matrix = 255 - matrix
-    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width + 1), n, [None, pa.py_buffer(matrix.tobytes())])
-    return fixed.cast(pa.binary())
-
-
-def _all_uuid_text(array: pa.Array) -> bool:
-    return bool(pc.all(pc.match_substring_regex(array, _UUID_PATTERN)).as_py())
-
-
-def _uuid_key(kind: str, array: pa.Array, descending: bool) -> pa.Array:
-    """Key components of uuid text (hyphenated hex), columnar: ``model.order_bytes`` spelled with numpy."""
-    n = len(array)
-    digits = pc.replace_substring(array, "-", "").cast(pa.binary())
-    text = np.frombuffer(digits.buffers()[2], dtype=np.uint8)[: 32 * n].reshape(n, 32)
-    nibbles = _HEX_VALUES[text]
-    raw = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
-    # A version-1 UUID's timestamp, most significant part first (model._timeuuid_msb).
-    timestamp = raw[:, [6, 7, 4, 5, 0, 1, 2, 3]]
-    if kind == "timeuuid":
-        return _key_matrix(np.hstack([timestamp, raw[:, 8:] ^ 0x80]), descending)
-    version = raw[:, 6:7] >> 4
-    time_based = version[:, 0] == 1
-    plain = _key_matrix(np.hstack([version, raw]), descending)
-    if not time_based.any():
-        return plain
-    timed = _key_matrix(np.hstack([version, timestamp, raw]), descending)
-    return pc.if_else(pa.array(time_based), timed, plain)
 
 
 def _pg_key_value(cql: CqlType, raw: Any) -> Any:
@@ -729,26 +493,37 @@ def _int_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reduce_parts(parts: Parts, columns: Sequence[Column]) -> Parts:
-    """One part per key and kind: cells, liveness and deletions of a key merged by Cassandra's rules."""
+    """One part per key and kind: cells, liveness and deletions of a key merged by Cassandra's rules, and
+    each complex column's elements reduced and rendered as its staged jsonb text."""
     groups, count = _group_ids(parts)
-    if count == parts.num_rows:
-        return parts
     table = parts.table
+    if count == parts.num_rows:
+        result = {name: _array(table, name) for name in table.column_names}
+    else:
+        result = _reduced_cells(table, groups, count, columns)
+    for column in columns:
+        if column.type.is_complex:
+            owners = element_owners(parts, column)
+            owners = np.where(owners >= 0, groups[owners], -1)
+            deletions = result[deleted_at_name(column.name)]
+            result[column.name] = el.reduce_and_render(parts.elements[column.name], owners, count, deletions)
+    return Parts(pa.table({name: result[name] for name in table.column_names}), parts.rejected)
+
+
+def _reduced_cells(table: pa.Table, groups: np.ndarray, count: int, columns: Sequence[Column]) -> dict[str, pa.Array]:
+    """Per group, the liveness, deletions and simple cells that win (complex columns: their deletion only)."""
     first = np.unique(groups, return_index=True)[1]
     result = {name: _array(table, name).take(pa.array(first, pa.int64())) for name in table.column_names}
-
     live_ts, live_valid = _int_column(table, LIVE_TS)
     live_exp, exp_valid = _int_column(table, LIVE_EXP)
     winners, _ = _winners(groups, count, live_valid, [live_ts, exp_valid.astype(np.int64), live_exp])
     for name in (LIVE_TS, LIVE_EXP):
         result[name] = _array(table, name).take(_indices(winners))
     result[DELETED_AT] = _group_max(table, DELETED_AT, groups, count)
-
     for column in columns:
         if column.type.is_complex:
             deletion = deleted_at_name(column.name)
             result[deletion] = _group_max(table, deletion, groups, count)
-            result[column.name] = _reduce_elements(_array(table, column.name), groups, count, result[deletion])
             continue
         ts, valid = _int_column(table, ts_name(column.name))
         exp, expiring = _int_column(table, exp_name(column.name))
@@ -759,7 +534,36 @@ def reduce_parts(parts: Parts, columns: Sequence[Column]) -> Parts:
             winners[group] = max(candidates, key=lambda i: _tie_bytes(table, column, i))
         for name, _ in cell_columns(column):
             result[name] = _array(table, name).take(_indices(winners))
-    return Parts(pa.table({name: result[name] for name in table.column_names}), parts.rejected)
+    return result
+
+
+def render_parts(parts: Parts, columns: Sequence[Column]) -> Parts:
+    """The parts as they are (not reduced), each complex column's elements rendered as the part's jsonb text."""
+    table = parts.table
+    for column in columns:
+        if column.type.is_complex:
+            rendered = el.reduce_and_render(parts.elements[column.name], element_owners(parts, column), len(table))
+            table = table.set_column(table.schema.get_field_index(column.name), column.name, rendered)
+    return Parts(table, parts.rejected, parts.elements)
+
+
+def latest_element_writetimes(parts: Parts, column: Column) -> pa.Array:
+    """Per part, the latest write time among its elements of a complex column (null when it has none)."""
+    return el.latest_writetimes(parts.elements[column.name], element_owners(parts, column), parts.num_rows)
+
+
+def element_owners(parts: Parts, column: Column) -> np.ndarray:
+    """For each element of a complex column, the part (row index) that carries it; -1 when none does (its
+    change was rejected)."""
+    elements = parts.elements[column.name]
+    kind = PART_STATIC if column.kind == "static" else PART_ROW
+    sources = _array(parts.table, SOURCE).to_numpy(zero_copy_only=False).astype(np.int64)
+    element_sources = elements.column(el.SOURCE).to_numpy()
+    mine = pc.equal(_array(parts.table, PART), kind).to_numpy(zero_copy_only=False)
+    size = 1 + max(int(sources.max(initial=-1)), int(element_sources.max(initial=-1)))
+    part_of_source = np.full(size, -1, dtype=np.int64)
+    part_of_source[sources[mine]] = np.nonzero(mine)[0]
+    return part_of_source[element_sources]
 
 
 def _indices(winners: np.ndarray) -> pa.Array:
@@ -782,35 +586,6 @@ def _tie_bytes(table: pa.Table, column: Column, index: int) -> bytes:
     return value_bytes(column.type, canonical_value(column.type, raw))
 
 
-def _reduce_elements(values: pa.Array, groups: np.ndarray, count: int, deletions: pa.Array) -> pa.Array:
-    """Per group, the union of its parts' elements, the winner per element identity (JSON text).
-
-    A group with one part keeps its text as is: what its collection deletion covers is dropped by the
-    merge statement and hidden by the view anyway.
-    """
-    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
-    parts_per_group = np.bincount(groups[valid], minlength=count)
-    last = np.full(count, -1, dtype=np.int64)
-    last[groups[valid]] = np.nonzero(valid)[0]
-    reduced = values.take(_indices(last))
-    shared = parts_per_group > 1
-    if not shared.any():
-        return reduced
-    merged: dict[int, dict[str, Any]] = {}
-    indices = np.nonzero(valid & shared[groups])[0]
-    for group, text in zip(groups[indices].tolist(), values.take(indices).to_pylist(), strict=True):
-        elements = merged.setdefault(group, {})
-        for key, element in json.loads(text).items():
-            _merge_element(elements, key, element)
-    texts = reduced.to_pylist()
-    deletion_at = deletions.to_pylist()
-    for group, elements in merged.items():
-        deletion = deletion_at[group]
-        kept = elements if deletion is None else {k: e for k, e in elements.items() if e["ts"] > deletion}
-        texts[group] = pg_types.dumps(kept)
-    return pa.array(texts, pa.string())
-
-
 # --------------------------------------------------------------------------------------------------
 # COPY text
 
@@ -822,25 +597,3 @@ def copy_table(parts: Parts, names: Sequence[str]) -> pa.Table:
         column = parts.table.column(name).combine_chunks()
         arrays[name] = bytea_text(column) if pa.types.is_binary(column.type) else column
     return pa.table(arrays)
-
-
-def bytea_text(array: pa.Array) -> pa.Array:
-    """Binary values as PostgreSQL's ``\\x`` hex text, columnar."""
-    array = pa.concat_arrays([array]) if array.offset else array
-    n = len(array)
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[: n + 1]
-    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]] if n else np.empty(0, np.uint8)
-    lengths = np.diff(offsets)
-    out_offsets = np.r_[0, np.cumsum(2 + 2 * lengths)].astype(np.int32)
-    out = np.empty(int(out_offsets[-1]), dtype=np.uint8)
-    out[out_offsets[:-1]] = ord("\\")
-    out[out_offsets[:-1] + 1] = ord("x")
-    if len(data):
-        rows = np.repeat(np.arange(n), lengths)
-        positions = out_offsets[rows] + 2 + 2 * (np.arange(len(data)) - (offsets[rows] - offsets[0]))
-        digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-        out[positions] = digits[data >> 4]
-        out[positions + 1] = digits[data & 15]
-    return pa.StringArray.from_buffers(
-        n, pa.py_buffer(out_offsets.tobytes()), pa.py_buffer(out.tobytes()), array.buffers()[0], array.null_count
-    )

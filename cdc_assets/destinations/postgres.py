@@ -36,6 +36,7 @@ import io
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +54,7 @@ import pyarrow.csv as pacsv
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.dead_letters import DeadLetter, DeadLetterStore
+from cdc_assets.destinations import pg_elements as el
 from cdc_assets.destinations import pg_staging as st
 from cdc_assets.destinations import pg_types
 from cdc_assets.destinations.base import (
@@ -69,6 +71,9 @@ MIN_WRITETIME = -(1 << 63)
 NOW_SETTING = "cdc_assets.now"
 MAX_IDENTIFIER_BYTES = 63
 STAGE = "_cdc_stage"
+# Changes per piece of a load.
+PIECE_CHANGES = 32_768
+COPY_CHUNK = 1 << 20
 _SUFFIXES = ("__rows", "__static", "__partdel", "__rangedel")
 
 # SQLSTATE classes worth retrying: connection exceptions, transaction rollbacks (serialization failure,
@@ -246,21 +251,21 @@ class PgTableSql:
     def _elements_sql(self, column: Column, floor: str, now: str) -> str:
         """The presented value of a complex column: its live elements, in order (None when none live)."""
         cql = column.type
-        order = "ORDER BY e.value->>'o' COLLATE \"C\""
+        e = el.sql_fields(cql)
+        order = f"ORDER BY {e[el.ORDER]}"
         if cql.kind == "udt":
-            aggregate = "jsonb_object_agg(e.key, e.value->'v')"
+            aggregate = f"jsonb_object_agg(e.key, {e['json']})"
         elif cql.kind == "map":
-            aggregate = f"jsonb_object_agg(e.value->>'k', e.value->'v' {order})"
+            aggregate = f"jsonb_object_agg({e[el.MAP_KEY]}, {e['json']} {order})"
         elif pg_types.pg_type(cql) == "jsonb":
-            aggregate = f"jsonb_agg(e.value->'v' {order})"
+            aggregate = f"jsonb_agg({e['json']} {order})"
         else:
-            element = pg_types.element_sql(cql.args[0], "e.value->>'v'")
-            aggregate = f"array_agg({element} {order})"
+            aggregate = f"array_agg({pg_types.element_sql(cql.args[0], e['text'])} {order})"
         deleted_at = f"s.{ident(st.deleted_at_name(column.name))}"
         return (
             f"(SELECT {aggregate} FROM jsonb_each(s.{ident(column.name)}) e "
-            f"WHERE (e.value->>'ts')::bigint > greatest({floor}, {deleted_at}) AND (e.value->>'c')::int <> 2 "
-            f"AND (e.value->>'exp' IS NULL OR (e.value->>'exp')::bigint > {now}))"
+            f"WHERE {e[el.TS]} > greatest({floor}, {deleted_at}) AND {e[el.CLASS]} <> {el.TOMBSTONE} "
+            f"AND ({e[el.EXP]} IS NULL OR {e[el.EXP]} > {now}))"
         )
 
     # ---- the merge
@@ -368,10 +373,6 @@ class PgTableSql:
 def helper_ddl(helper: str) -> list[str]:
     """The shared bookkeeping schema: the load ledger, the column registry and two SQL functions."""
     schema = ident(helper)
-    element_rank = (
-        "ROW(({0}->>'ts')::bigint, ({0}->>'c')::int, coalesce(({0}->>'exp')::bigint, 0), "
-        "coalesce({0}->>'vb', '') COLLATE \"C\")"
-    )
     return [
         f"CREATE SCHEMA IF NOT EXISTS {schema}",
         f"CREATE TABLE IF NOT EXISTS {schema}.loads (load_id text PRIMARY KEY, table_name text NOT NULL, "
@@ -388,9 +389,9 @@ def helper_ddl(helper: str) -> list[str]:
         "RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$ "
         "SELECT jsonb_object_agg(k, v) FROM (SELECT coalesce(o.key, n.key) AS k, "
         "CASE WHEN n.value IS NULL THEN o.value WHEN o.value IS NULL THEN n.value "
-        f"WHEN {element_rank.format('n.value')} > {element_rank.format('o.value')} THEN n.value ELSE o.value END AS v "
+        f"WHEN {el.rank_sql('n.value')} > {el.rank_sql('o.value')} THEN n.value ELSE o.value END AS v "
         "FROM jsonb_each(old) o FULL JOIN jsonb_each(new) n ON o.key = n.key) m "
-        "WHERE deleted_at IS NULL OR (v->>'ts')::bigint > deleted_at $$",
+        "WHERE deleted_at IS NULL OR (v->>0)::bigint > deleted_at $$",
     ]
 
 
@@ -408,7 +409,8 @@ class PostgresDestination:
 
     ``schema_prefix`` is put before each keyspace's schema name (and the ``_cdc`` bookkeeping schema), so
     several pipelines or tests can share a database. ``dead_letters`` receives changes the destination
-    cannot take; without it such a batch fails with :class:`PermanentDestinationError`.
+    cannot take; without it such a batch fails with :class:`PermanentDestinationError`. ``piece_changes``:
+    how many changes go to PostgreSQL at a time within a load's transaction.
     """
 
     name = "postgres"
@@ -420,7 +422,11 @@ class PostgresDestination:
         *,
         dead_letters: DeadLetterStore | None = None,
         connect_timeout: int = 10,
+        piece_changes: int = PIECE_CHANGES,
     ):
+        if piece_changes < 1:
+            raise ValueError(f"piece_changes must be at least 1, not {piece_changes}")
+        self.piece_changes = piece_changes
         self._dsn = dsn
         self.schema_prefix = schema_prefix
         self.helper = f"{schema_prefix}_cdc"
@@ -529,7 +535,12 @@ class PostgresDestination:
     # ---- loading
 
     def load(self, table: TableSchema, batch: pa.RecordBatch, *, load_id: str) -> LoadResult:
-        """Merge one change batch in one transaction, recording ``load_id`` and the positions it covers."""
+        """Merge one change batch in one transaction, recording ``load_id`` and the positions it covers.
+
+        The batch goes to PostgreSQL in pieces, each reduced and merged on its own (the merge converges
+        whatever the order, so any split does): while PostgreSQL merges one piece, this process prepares the
+        next, two cores at work instead of one waiting for the other.
+        """
         started = time.perf_counter()
         first, last = _positions(batch)
         incompatible = self._ensure(table)
@@ -537,43 +548,65 @@ class PostgresDestination:
             log.info("load %s of %s was already committed; skipped", load_id, table.qualified_name)
             return LoadResult(self.name, table.qualified_name, 0, first, last, time.perf_counter() - started)
         columns, rejected = _batch_columns(table, batch, incompatible)
-        parts = st.flatten(table, batch, columns)
-        rejected = {**parts.rejected, **rejected}
-        if rejected and self.dead_letters is None:
-            index, reason = min(rejected.items())
-            raise PermanentDestinationError(f"{table.qualified_name}: change {index} cannot be loaded: {reason}")
-        loaded = batch.num_rows - len(rejected)
+        self._check_rejected(table, rejected)
         with self._transaction() as cursor:
-            self._merge(cursor, table, batch, columns, parts)
+            with ThreadPoolExecutor(1, thread_name_prefix="cdc-postgres-load") as worker:
+                pending: Future[None] | None = None
+                for number, offset in enumerate(range(0, max(1, batch.num_rows), self.piece_changes)):
+                    piece = batch.slice(offset, self.piece_changes)
+                    parts = st.flatten(table, piece, columns)
+                    for index, reason in parts.rejected.items():
+                        rejected.setdefault(offset + index, reason)
+                    self._check_rejected(table, rejected)
+                    steps = self._prepare(table, piece, columns, parts, number)
+                    if pending is not None:
+                        pending.result()
+                    pending = worker.submit(run_steps, cursor, steps)
+                    log.debug(
+                        "%s: piece %d (%d changes) handed to PostgreSQL", table.qualified_name, number, len(piece)
+                    )
+                if pending is not None:
+                    pending.result()
+            self._after_pieces(cursor, table)
+            loaded = batch.num_rows - len(rejected)
             self._record(cursor, table, load_id, first, last, loaded)
             # Before the commit: a failed commit may dead-letter twice on retry, but never loses a change.
             if rejected:
                 self._dead_letter(table, batch, rejected)
         return LoadResult(self.name, table.qualified_name, loaded, first, last, time.perf_counter() - started)
 
+    def _check_rejected(self, table: TableSchema, rejected: Mapping[int, str]) -> None:
+        """Without a dead-letter store, a change the destination cannot take fails the load."""
+        if rejected and self.dead_letters is None:
+            index, reason = min(rejected.items())
+            raise PermanentDestinationError(f"{table.qualified_name}: change {index} cannot be loaded: {reason}")
+
     def _loaded(self, load_id: str) -> bool:
         with self._transaction() as cursor:
             cursor.execute(f"SELECT 1 FROM {ident(self.helper)}.loads WHERE load_id = %s", [load_id])
             return cursor.fetchone() is not None
 
-    def _merge(
-        self,
-        cursor: psycopg.Cursor,
-        table: TableSchema,
-        batch: pa.RecordBatch,
-        columns: Sequence[Column],
-        parts: st.Parts,
-    ) -> None:
-        """COPY the batch's reduced parts into a staging table and merge them with one statement."""
+    def _prepare(
+        self, table: TableSchema, piece: pa.RecordBatch, columns: Sequence[Column], parts: st.Parts, number: int
+    ) -> list[Step]:
+        """The statements loading one piece: COPY its reduced parts into a staging table, one merge statement."""
         sql = self.sql(table)
         staging = st.staging_columns(table, columns)
         reduced = st.reduce_parts(parts, columns)
+        stage = f"{STAGE}_{number}"
         definition = ", ".join(f"{ident(name)} {pg}" for name, pg in staging)
-        cursor.execute(f"CREATE TEMPORARY TABLE {STAGE} ({definition}) ON COMMIT DROP")
-        copy_rows(cursor, STAGE, staging, reduced)
+        steps = [
+            Step(f"CREATE TEMPORARY TABLE {stage} ({definition}) ON COMMIT DROP"),
+            copy_step(stage, staging, reduced),
+        ]
         present = set(reduced.table.column(st.PART).unique().to_pylist())
         if present:
-            cursor.execute(sql.merge_sql(STAGE, columns, "".join(sorted(present))))
+            steps.append(Step(sql.merge_sql(stage, columns, "".join(sorted(present)))))
+        steps.append(Step(f"DROP TABLE {stage}"))
+        return steps
+
+    def _after_pieces(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
+        """Work after every piece is merged, in the load's transaction (nothing for plain PostgreSQL)."""
 
     def _record(
         self,
@@ -643,16 +676,32 @@ class PostgresDestination:
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def copy_rows(cursor: psycopg.Cursor, target: str, staging: Sequence[tuple[str, str]], parts: st.Parts) -> None:
-    """COPY parts into ``target`` as CSV written by Arrow (columnar, no per-row Python)."""
+@dataclass(frozen=True)
+class Step:
+    """One statement of a load; ``payload`` is the data of a ``COPY … FROM STDIN``."""
+
+    sql: str
+    payload: memoryview | None = None
+
+
+def run_steps(cursor: psycopg.Cursor, steps: Sequence[Step]) -> None:
+    for step in steps:
+        if step.payload is None:
+            cursor.execute(step.sql)
+            continue
+        with cursor.copy(step.sql) as copy:
+            for start in range(0, len(step.payload), COPY_CHUNK):
+                copy.write(step.payload[start : start + COPY_CHUNK])
+
+
+def copy_step(target: str, staging: Sequence[tuple[str, str]], parts: st.Parts) -> Step:
+    """COPY of parts into ``target``, as CSV written by Arrow (columnar, no per-row Python)."""
     names = [name for name, _ in staging]
     table = st.copy_table(parts, names)
     buffer = io.BytesIO()
     pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False))
-    with cursor.copy(f"COPY {target} ({', '.join(ident(n) for n in names)}) FROM STDIN WITH (FORMAT csv)") as copy:
-        view = buffer.getbuffer()
-        for start in range(0, len(view), 1 << 20):
-            copy.write(view[start : start + (1 << 20)])
+    columns = ", ".join(ident(n) for n in names)
+    return Step(f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer.getbuffer())
 
 
 def _presented_columns(table: TableSchema) -> tuple[Column, ...]:

@@ -31,7 +31,7 @@ from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations import pg_staging as st
 from cdc_assets.destinations.base import PermanentDestinationError
-from cdc_assets.destinations.postgres import PgTableSql, PostgresDestination, copy_rows, ident
+from cdc_assets.destinations.postgres import PIECE_CHANGES, PgTableSql, PostgresDestination, Step, copy_step, ident
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,11 @@ class TimescaleDestination(PostgresDestination):
         allow_plain_postgres: bool = False,
         dead_letters: DeadLetterStore | None = None,
         connect_timeout: int = 10,
+        piece_changes: int = PIECE_CHANGES,
     ):
-        super().__init__(dsn, schema_prefix, dead_letters=dead_letters, connect_timeout=connect_timeout)
+        super().__init__(
+            dsn, schema_prefix, dead_letters=dead_letters, connect_timeout=connect_timeout, piece_changes=piece_changes
+        )
         self.chunk_interval = chunk_interval
         self.compress_after = compress_after
         self.retention = retention
@@ -177,65 +180,66 @@ class TimescaleDestination(PostgresDestination):
         self._histories[(sql.schema, table.name)] = table
         return incompatible
 
-    def _merge(
-        self,
-        cursor: psycopg.Cursor,
-        table: TableSchema,
-        batch: pa.RecordBatch,
-        columns: Sequence[Column],
-        parts: st.Parts,
-    ) -> None:
-        super()._merge(cursor, table, batch, columns, parts)
-        self._append_history(cursor, table, batch, columns, parts)
+    def _prepare(
+        self, table: TableSchema, piece: pa.RecordBatch, columns: Sequence[Column], parts: st.Parts, number: int
+    ) -> list[Step]:
+        return super()._prepare(table, piece, columns, parts, number) + self._history_steps(
+            table, piece, columns, parts, number
+        )
+
+    def _after_pieces(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
         if not self.uses_timescale and self.retention is not None:
             self._drop_expired_partitions(cursor, table)
 
-    def _append_history(
-        self,
-        cursor: psycopg.Cursor,
-        table: TableSchema,
-        batch: pa.RecordBatch,
-        columns: Sequence[Column],
-        parts: st.Parts,
-    ) -> None:
-        """Append the batch's change parts to the history; parts already there (a replay) are skipped."""
+    def _history_steps(
+        self, table: TableSchema, piece: pa.RecordBatch, columns: Sequence[Column], parts: st.Parts, number: int
+    ) -> list[Step]:
+        """Statements appending a piece's change parts to the history; parts already there (a replay) are skipped."""
         sql = self.sql(table)
         history = history_columns(table, columns)
         times = _write_times(parts, columns)
+        parts = st.render_parts(parts, columns)
         sources = parts.table.column(st.SOURCE).combine_chunks()
         extra = {
             TIME: pc.cast(times, pa.timestamp("us", tz="UTC")),
-            SEGMENT: pc.take(batch.column(cb.SEGMENT_ID), sources),
-            POSITION: pc.take(batch.column(cb.POSITION), sources),
+            SEGMENT: pc.take(piece.column(cb.SEGMENT_ID), sources),
+            POSITION: pc.take(piece.column(cb.POSITION), sources),
             KEY: st.part_keys(parts),
         }
         with_time = st.Parts(parts.table)
         for name, values in extra.items():
             with_time.table = with_time.table.append_column(name, values)
-        if not self.uses_timescale:
-            self._create_partitions(cursor, sql, times)
+        steps = [] if self.uses_timescale else self._partition_steps(sql, times)
+        stage = f"{HISTORY_STAGE}_{number}"
         definition = ", ".join(f"{ident(name)} {pg}" for name, pg in history)
-        cursor.execute(f"CREATE TEMPORARY TABLE {HISTORY_STAGE} ({definition}) ON COMMIT DROP")
-        copy_rows(cursor, HISTORY_STAGE, history, with_time)
         names = ", ".join(ident(name) for name, _ in history)
-        cursor.execute(
-            f"INSERT INTO {sql.name(HISTORY_SUFFIX)} ({names}) SELECT {names} FROM {HISTORY_STAGE} "
-            "ON CONFLICT DO NOTHING"
-        )
+        return [
+            *steps,
+            Step(f"CREATE TEMPORARY TABLE {stage} ({definition}) ON COMMIT DROP"),
+            copy_step(stage, history, with_time),
+            Step(
+                f"INSERT INTO {sql.name(HISTORY_SUFFIX)} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING"
+            ),
+            Step(f"DROP TABLE {stage}"),
+        ]
 
-    def _create_partitions(self, cursor: psycopg.Cursor, sql: PgTableSql, times: pa.Array) -> None:
-        """Create the range partitions (one per chunk interval) the history rows about to be written need."""
+    def _partition_steps(self, sql: PgTableSql, times: pa.Array) -> list[Step]:
+        """Statements creating the range partitions (one per chunk interval) the history rows of a piece need."""
         width = int(self.chunk_interval.total_seconds() * 1_000_000)
         starts = np.unique(times.to_numpy(zero_copy_only=False) // width * width)
+        steps = []
         for start in starts.tolist():
             lower = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=start)
             upper = lower + self.chunk_interval
             # DDL takes no parameters; ISO timestamps contain no quote.
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {sql.name(_partition_suffix(lower))} "
-                f"PARTITION OF {sql.name(HISTORY_SUFFIX)} "
-                f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+            steps.append(
+                Step(
+                    f"CREATE TABLE IF NOT EXISTS {sql.name(_partition_suffix(lower))} "
+                    f"PARTITION OF {sql.name(HISTORY_SUFFIX)} "
+                    f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+                )
             )
+        return steps
 
     def _drop_expired_partitions(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
         """Plain-PostgreSQL retention: drop history partitions that end before now minus the retention."""
@@ -271,7 +275,7 @@ def _write_times(parts: st.Parts, columns: Sequence[Column]) -> pa.Array:
     for column in columns:
         if column.type.is_complex:
             arrays.append(table.column(st.deleted_at_name(column.name)))
-            arrays.append(pa.chunked_array([st.latest_element_writetime(table.column(column.name))]))
+            arrays.append(pa.chunked_array([st.latest_element_writetimes(parts, column)]))
         else:
             arrays.append(table.column(st.ts_name(column.name)))
     latest = pc.max_element_wise(*arrays, skip_nulls=True)
