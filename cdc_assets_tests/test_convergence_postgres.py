@@ -37,7 +37,7 @@ def test_postgres_current_state_equals_the_model_whatever_the_delivery(
         assert_converges(destination, TABLE, delivered)
 
 
-@settings(SETTINGS, max_examples=20)
+@settings(SETTINGS, max_examples=40)
 @given(delivered=deliveries(TABLE), pieces=PIECES)
 def test_timescale_fallback_current_state_equals_the_model_whatever_the_delivery(
     module_pg_dsn: str, delivered: Delivery, pieces: int

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from cdc_assets.cassandra_schema.tables import Column, TableSchema
+from cdc_assets.cassandra_schema.tables import Column, DroppedColumn, TableSchema
 from cdc_assets.cassandra_schema.types import parse_type
 from cdc_assets.change_batch import build_change_batch
+from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations.base import PermanentDestinationError
 from cdc_assets.destinations.postgres import PgTableSql
 from cdc_assets.destinations.timescale import TimescaleDestination, history_ddl, hypertable_sql
+from cdc_assets_tests.test_postgres import EVERY_EXPECTED, EVERY_TYPE, EVERY_VALUE, SIMPLE, cell, elements, row
 
 TABLE = TableSchema(
     "metrics",
@@ -104,7 +108,9 @@ def test_the_history_keeps_each_change_once_however_often_it_is_delivered(pg_dsn
     destination.close()
 
 
-def test_plain_postgres_retention_drops_old_history_but_never_the_current_state(pg_dsn: str):
+def test_plain_postgres_retention_drops_old_history_and_with_it_what_only_it_held_in_the_current_state(
+    pg_dsn: str,
+):
     destination = TimescaleDestination(pg_dsn, allow_plain_postgres=True, retention=timedelta(days=30))
     old = micros(datetime.now(UTC) - timedelta(days=90))
     recent = micros(datetime.now(UTC) - timedelta(hours=1))
@@ -113,7 +119,8 @@ def test_plain_postgres_retention_drops_old_history_but_never_the_current_state(
     with psycopg.connect(pg_dsn) as connection:
         kept = connection.execute("SELECT sensor FROM metrics.readings__changes").fetchall()
     assert kept == [("b",)]
-    assert [r["sensor"] for r in destination.current_state(TABLE)] == ["a", "b"]
+    # The current state is the history's: a row whose every change is past the retention goes with it.
+    assert [r["sensor"] for r in destination.current_state(TABLE)] == ["b"]
     destination.close()
 
 
@@ -140,3 +147,67 @@ def test_the_hypertable_unique_index_includes_the_time_column_and_no_partitionin
     create, index = [s for s in history_ddl(sql, TABLE.value_columns, partitioned=False) if "CREATE" in s]
     assert "PARTITION BY" not in create
     assert index.endswith("(_cdc_segment_id, _cdc_position, _cdc_key, _cdc_time)")
+
+
+# --------------------------------------------------------------------------------------------------
+# The current state computed from the history: every type, schema evolution, what cannot be taken
+
+
+@pytest.fixture
+def timescale(pg_dsn: str, tmp_path: Path) -> Iterator[TimescaleDestination]:
+    destination = TimescaleDestination(
+        pg_dsn, allow_plain_postgres=True, dead_letters=DeadLetterStore(tmp_path / "dead.jsonl")
+    )
+    yield destination
+    destination.close()
+
+
+def test_every_cql_type_round_trips_through_the_view_over_the_history(timescale: TimescaleDestination):
+    timescale.load(EVERY_TYPE, build_change_batch(EVERY_TYPE, [row({"id": 1}, cells=EVERY_VALUE)]), load_id="1")
+    assert timescale.current_state(EVERY_TYPE) == [EVERY_EXPECTED]
+
+
+def test_an_added_column_reaches_the_view_and_older_rows_show_it_empty(timescale: TimescaleDestination):
+    timescale.load(SIMPLE, build_change_batch(SIMPLE, [row({"k": 1}, {"c": 1}, row_writetime=1)]), load_id="old")
+    wider = SIMPLE.with_columns([*SIMPLE.columns, Column("extra", parse_type("map<text, int>"), "regular")])
+    new = row({"k": 2}, {"c": 1}, row_writetime=2, cells={"extra": elements(("x", 1))})
+    timescale.load(wider, build_change_batch(wider, [new]), load_id="new")
+    blank = {"v": None, "w": None, "tags": None, "extra": None}
+    assert timescale.current_state(wider) == [
+        {"k": 1, "c": 1, **blank},
+        {"k": 2, "c": 1, **blank, "extra": [("x", 1)]},
+    ]
+
+
+def test_a_dropped_and_re_added_column_shows_only_cells_written_after_the_drop(timescale: TimescaleDestination):
+    timescale.load(
+        SIMPLE, build_change_batch(SIMPLE, [row({"k": 1}, {"c": 1}, cells={"w": cell("old", 5)})]), load_id="1"
+    )
+    dropped = SIMPLE.with_columns(
+        [c for c in SIMPLE.columns if c.name != "w"], [DroppedColumn("w", parse_type("text"), 10)]
+    )
+    # The row had nothing but that cell (no row marker): with the column gone, so is the row.
+    assert timescale.current_state(dropped) == []
+    readded = SIMPLE.with_columns(SIMPLE.columns, [DroppedColumn("w", parse_type("text"), 10)])
+    assert timescale.current_state(readded) == []
+    timescale.load(
+        readded, build_change_batch(readded, [row({"k": 1}, {"c": 1}, cells={"w": cell("new", 11)})]), load_id="2"
+    )
+    assert timescale.current_state(readded) == [{"k": 1, "c": 1, "v": None, "w": "new", "tags": None}]
+
+
+def test_a_column_whose_type_changed_is_dead_lettered_and_the_rest_reaches_the_history(
+    timescale: TimescaleDestination, tmp_path: Path
+):
+    timescale.load(SIMPLE, build_change_batch(SIMPLE, [row({"k": 1}, {"c": 1}, cells={"v": cell(1)})]), load_id="1")
+    retyped = SIMPLE.with_columns(
+        [Column("v", parse_type("text"), "regular") if c.name == "v" else c for c in SIMPLE.columns]
+    )
+    changes = [
+        row({"k": 2}, {"c": 1}, position=5, cells={"v": cell("text now")}),
+        row({"k": 3}, {"c": 1}, cells={"w": cell("fine")}),
+    ]
+    assert timescale.load(retyped, build_change_batch(retyped, changes), load_id="2").rows == 1
+    [letter] = list(DeadLetterStore(tmp_path / "dead.jsonl"))
+    assert (letter.stage, letter.table, letter.position) == ("timescaledb", "ks.simple", 5)
+    assert [(r["k"], r["w"]) for r in timescale.current_state(SIMPLE)] == [(1, None), (3, "fine")]

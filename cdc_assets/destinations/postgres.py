@@ -392,6 +392,12 @@ def helper_ddl(helper: str) -> list[str]:
         f"WHEN {el.rank_sql('n.value')} > {el.rank_sql('o.value')} THEN n.value ELSE o.value END AS v "
         "FROM jsonb_each(old) o FULL JOIN jsonb_each(new) n ON o.key = n.key) m "
         "WHERE deleted_at IS NULL OR (v->>0)::bigint > deleted_at $$",
+        # The same, as an aggregate over any number of element maps (TimescaleDB's state views).
+        f"CREATE OR REPLACE FUNCTION {schema}.merge_elements_step(state jsonb, new jsonb) "
+        "RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$ SELECT CASE WHEN state IS NULL THEN new "
+        f"WHEN new IS NULL THEN state ELSE {schema}.merge_elements(state, new, NULL) END $$",
+        f"CREATE OR REPLACE AGGREGATE {schema}.merge_elements_agg(jsonb) "
+        f"(SFUNC = {schema}.merge_elements_step, STYPE = jsonb)",
     ]
 
 

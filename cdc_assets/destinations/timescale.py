@@ -1,28 +1,39 @@
-"""The TimescaleDB destination: the change history as a hypertable on write time, plus PostgreSQL's current state.
+"""The TimescaleDB destination: the change history as a hypertable on write time, plus a current-state view.
 
-Everything :mod:`postgres` builds is built here too (storage tables, current-state view, load ledger),
-with the same merge. In addition each load appends its changes, unreduced, to ``"<table>__changes"``:
-one row per change part (``pg_staging`` describes the columns), with ``_cdc_time`` (the change's latest
-write time: the time dimension), ``_cdc_segment_id``/``_cdc_position`` (where it was read) and
-``_cdc_key`` (the part's kind and key). The unique index on those four makes a replay a no-op; it
-includes ``_cdc_time`` because TimescaleDB requires unique indexes to include the time column.
+Each load appends its changes, unreduced, to ``"<table>__changes"``: one row per change part
+(``pg_staging`` describes the columns), with ``_cdc_time`` (the change's latest write time: the time
+dimension), ``_cdc_segment_id``/``_cdc_position`` (where it was read) and ``_cdc_key`` (the part's kind
+and key). The unique index on those four makes a replay a no-op; it includes ``_cdc_time`` because
+TimescaleDB requires unique indexes to include the time column. A load is one transaction: COPY into a
+staging table and one ``INSERT … ON CONFLICT DO NOTHING`` per piece, then the load ledger's row.
+
+The current state is computed from the history when it is read: views ``"<table>__rows"``,
+``"<table>__static"``, ``"<table>__partdel"`` and ``"<table>__rangedel"`` reduce the history to what
+:mod:`postgres` keeps in its storage tables of those names (per cell the one Cassandra keeps, the latest
+deletions, collections merged element by element), and the same current-state view ``"<table>"`` is
+built on them. Loading is an append, so it costs about what a bare bulk load costs; reading scans the
+history (as ClickHouse's view does).
 
 With the ``timescaledb`` extension the history is a hypertable (``chunk_interval``), compressed after
 ``compress_after`` (segmented by partition key) and dropped after ``retention``. Without it the
 destination refuses to start, unless ``allow_plain_postgres=True``: then it warns and keeps the history
 in a table range-partitioned on ``_cdc_time`` (one partition per ``chunk_interval``, created as loads
 need them; partitions past ``retention`` are dropped after each load; there is no compression).
-The current state never depends on the history, so retention never changes what the view shows.
+The current state is the history's: with a ``retention``, rows and deletions whose every change is older
+than the retention leave the current state with it (no retention, the default, keeps everything).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
+import psycopg.errors
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -30,6 +41,7 @@ from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations import pg_staging as st
+from cdc_assets.destinations import pg_types
 from cdc_assets.destinations.base import PermanentDestinationError
 from cdc_assets.destinations.postgres import PIECE_CHANGES, PgTableSql, PostgresDestination, Step, copy_step, ident
 
@@ -104,8 +116,94 @@ def hypertable_sql(
     return statements
 
 
+@dataclass(frozen=True)
+class HistoryTableSql(PgTableSql):
+    """A table whose storage is its change history; the tables :class:`PgTableSql` merges into are views."""
+
+    partitioned: bool = False
+
+    def storage_ddl(self) -> list[str]:
+        return [
+            f"CREATE SCHEMA IF NOT EXISTS {ident(self.schema)}",
+            *history_ddl(self, [], partitioned=self.partitioned),
+        ]
+
+    def add_columns_ddl(self, columns: Sequence[Column]) -> list[str]:
+        return history_ddl(self, columns, partitioned=self.partitioned)[1:-1]
+
+    def state_views(self) -> list[tuple[str, str]]:
+        """(name, SELECT) of the views standing in for PostgreSQL's storage tables."""
+        table = self.table
+        keys = self._key_list()
+        history = self.name(HISTORY_SUFFIX)
+        deleted = "max(_cdc_deleted_at) AS _cdc_deleted_at"
+        return [
+            (self.name("__rows"), self._reduced(st.PART_ROW, table.regulars, clustering=True)),
+            (self.name("__static"), self._reduced(st.PART_STATIC, table.statics, clustering=False)),
+            (
+                self.name("__partdel"),
+                f"SELECT {keys}, {deleted} FROM {history} WHERE _cdc_part = '{st.PART_PARTITION}' GROUP BY {keys}",
+            ),
+            (
+                self.name("__rangedel"),
+                f"SELECT {keys}, _cdc_low, _cdc_high, {deleted} FROM {history} "
+                f"WHERE _cdc_part = '{st.PART_RANGE}' GROUP BY {keys}, _cdc_low, _cdc_high",
+            ),
+        ]
+
+    def _reduced(self, part: str, columns: Sequence[Column], *, clustering: bool) -> str:
+        """The history's parts of one kind reduced per key: each cell, the liveness and the deletions that
+        win, as the storage table of that kind holds them."""
+        table = self.table
+        history = self.name(HISTORY_SUFFIX)
+        group = [ident(c.name) for c in table.partition_key] + (["_cdc_ck"] if clustering else [])
+        keys = ", ".join(group)
+        where = f"FROM {history} WHERE _cdc_part = '{part}'"
+        base = group[: len(table.partition_key)]
+        if clustering:
+            base += [ident(c.name) for c in table.clustering] + ["_cdc_ck"]
+
+        def winner(name: str, selected: Sequence[str], present: str, order: Sequence[str]) -> str:
+            return (
+                f"{name} AS (SELECT DISTINCT ON ({keys}) {keys}, {', '.join(selected)} {where} AND {present} "
+                f"ORDER BY {keys}, {', '.join(f'{o} DESC' for o in order)})"
+            )
+
+        ctes = [
+            f"b AS (SELECT DISTINCT ON ({keys}) {', '.join(base)} {where})",
+            winner(
+                "l",
+                ["_cdc_live_ts", "_cdc_live_exp"],
+                "_cdc_live_ts IS NOT NULL",
+                ["_cdc_live_ts", "_cdc_live_exp IS NOT NULL", "coalesce(_cdc_live_exp, 0)"],
+            ),
+        ]
+        aggregates = ["max(_cdc_deleted_at) AS _cdc_deleted_at"]
+        selected = [*(f"b.{name}" for name in base), "l._cdc_live_ts", "l._cdc_live_exp", "a._cdc_deleted_at"]
+        joins = ["LEFT JOIN l USING (" + keys + ")", "LEFT JOIN a USING (" + keys + ")"]
+        for index, column in enumerate(columns):
+            name = ident(column.name)
+            if column.type.is_complex:
+                deleted_at = ident(st.deleted_at_name(column.name))
+                aggregates += [f"{ident(self.helper)}.merge_elements_agg({name}) AS {name}"]
+                aggregates += [f"max({deleted_at}) AS {deleted_at}"]
+                selected += [f"a.{name}", f"a.{deleted_at}"]
+                continue
+            cells = [ident(cell) for cell, _ in st.cell_columns(column)]
+            ts, exp, tombstone = cells[1], cells[2], cells[3]
+            computed = pg_types.value_bytes_sql(column.type, name)
+            value_bytes = cells[4] if computed is None else computed
+            rank = [ts, f"CASE WHEN {tombstone} THEN 2 WHEN {exp} IS NOT NULL THEN 1 ELSE 0 END"]
+            rank += [f"coalesce({exp}, 0)", f"coalesce({value_bytes}, '\\x'::bytea)"]
+            ctes.append(winner(f"c{index}", cells, f"{ts} IS NOT NULL", rank))
+            selected += [f"c{index}.{cell}" for cell in cells]
+            joins.append(f"LEFT JOIN c{index} USING ({keys})")
+        ctes.append(f"a AS (SELECT {keys}, {', '.join(aggregates)} {where} GROUP BY {keys})")
+        return f"WITH {', '.join(ctes)} SELECT {', '.join(selected)} FROM b {' '.join(joins)}"
+
+
 class TimescaleDestination(PostgresDestination):
-    """PostgreSQL's current state plus a change-history hypertable (see the module docstring)."""
+    """A change-history hypertable and a current-state view computed from it (see the module docstring)."""
 
     name = "timescaledb"
 
@@ -158,34 +256,54 @@ class TimescaleDestination(PostgresDestination):
         )
         return False
 
+    def sql(self, table: TableSchema) -> HistoryTableSql:
+        return HistoryTableSql(
+            table, self.schema_prefix + table.keyspace, self.helper, partitioned=not self.uses_timescale
+        )
+
     def _ensure(self, table: TableSchema) -> dict[str, str]:
         incompatible = super()._ensure(table)
         sql = self.sql(table)
-        if self._histories.get((sql.schema, table.name)) == table:
+        if not self.uses_timescale or self._histories.get((sql.schema, table.name)) == table:
             return incompatible
-        timescale = self.uses_timescale
-        columns = [c for c in table.value_columns if c.name not in incompatible]
         with self._transaction() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"cdc_assets:{self.helper}"])
-            for statement in history_ddl(sql, columns, partitioned=not timescale):
+            for statement in hypertable_sql(
+                sql,
+                chunk_interval=self.chunk_interval,
+                compress_after=self.compress_after,
+                retention=self.retention,
+            ):
                 cursor.execute(statement)
-            if timescale:
-                for statement in hypertable_sql(
-                    sql,
-                    chunk_interval=self.chunk_interval,
-                    compress_after=self.compress_after,
-                    retention=self.retention,
-                ):
-                    cursor.execute(statement)
         self._histories[(sql.schema, table.name)] = table
         return incompatible
+
+    def _replace_view(self, cursor: psycopg.Cursor, sql: PgTableSql) -> None:
+        """(Re)create the state views and the current-state view, unless they are already these."""
+        assert isinstance(sql, HistoryTableSql)
+        views = [*sql.state_views(), (sql.view, sql.view_sql())]
+        marker = "cdc_assets " + hashlib.sha256("\n".join(select for _, select in views).encode()).hexdigest()
+        cursor.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", [sql.view])
+        row = cursor.fetchone()
+        if row is not None and row[0] == marker:
+            return
+        try:
+            cursor.execute(f"DROP VIEW IF EXISTS {sql.view}")
+        except psycopg.errors.DependentObjectsStillExist as error:
+            raise PermanentDestinationError(
+                f"cannot change view {sql.view}: other objects depend on it ({error})"
+            ) from error
+        for name, _ in reversed(views[:-1]):
+            cursor.execute(f"DROP VIEW IF EXISTS {name}")
+        for name, select in views:
+            cursor.execute(f"CREATE VIEW {name} AS {select}")
+        # The marker is hex digits: nothing to escape.
+        cursor.execute(f"COMMENT ON VIEW {sql.view} IS '{marker}'")
 
     def _prepare(
         self, table: TableSchema, piece: pa.RecordBatch, columns: Sequence[Column], parts: st.Parts, number: int
     ) -> list[Step]:
-        return super()._prepare(table, piece, columns, parts, number) + self._history_steps(
-            table, piece, columns, parts, number
-        )
+        return self._history_steps(table, piece, columns, parts, number)
 
     def _after_pieces(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
         if not self.uses_timescale and self.retention is not None:
