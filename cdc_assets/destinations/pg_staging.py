@@ -24,7 +24,7 @@ values that need Python (blobs, durations, collections, UDTs, non-integer cluste
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,7 @@ from cdc_assets.destinations.model import (
     range_bounds,
     value_bytes,
 )
-from cdc_assets.destinations.pg_keys import all_uuid_text, bytea_text, key_matrix, uuid_key
+from cdc_assets.destinations.pg_keys import all_uuid_text, key_matrix, uuid_key
 
 PART_ROW, PART_STATIC, PART_PARTITION, PART_RANGE = "r", "s", "p", "g"
 
@@ -351,6 +351,31 @@ def _without_sources(parts: Parts, rejected: dict[int, str]) -> Parts:
     return Parts(parts.table.take(pa.array(np.nonzero(keep)[0], pa.int64())))
 
 
+def partition_pieces(
+    table: TableSchema, batch: pa.RecordBatch, size: int
+) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+    """The batch in pieces of about ``size`` changes, with the indices of each piece's changes in the batch.
+
+    A piece holds whole partitions, so all changes to a key are reduced together in Python: split across
+    pieces they would converge too, but each later one would cost an update on the server.
+    """
+    n = batch.num_rows
+    if n <= size:
+        yield np.arange(n), batch
+        return
+    keys = _key_bytes(table.partition_key, [batch.column(c.name) for c in table.partition_key])
+    partitions = pc.dictionary_encode(keys).indices.to_numpy().astype(np.int64)
+    pieces = -(-n // size)
+    # Partitions in order of first appearance, cut into ranges of about equal count.
+    piece_of = partitions * pieces // (int(partitions.max()) + 1)
+    order = np.argsort(piece_of, kind="stable")
+    bounds = np.searchsorted(piece_of[order], np.arange(pieces + 1))
+    taken = batch.take(pa.array(order))
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        if end > start:
+            yield order[start:end], taken.slice(start, end - start)
+
+
 # --------------------------------------------------------------------------------------------------
 # Key bytes
 
@@ -584,16 +609,3 @@ def _tie_bytes(table: pa.Table, column: Column, index: int) -> bytes:
         return table.column(vb_name(column.name))[index].as_py() or b""
     raw = python_values(table.column(column.name).slice(index, 1))[0]
     return value_bytes(column.type, canonical_value(column.type, raw))
-
-
-# --------------------------------------------------------------------------------------------------
-# COPY text
-
-
-def copy_table(parts: Parts, names: Sequence[str]) -> pa.Table:
-    """The parts as an Arrow table whose CSV is the COPY input of a staging table with columns ``names``."""
-    arrays = {}
-    for name in names:
-        column = parts.table.column(name).combine_chunks()
-        arrays[name] = bytea_text(column) if pa.types.is_binary(column.type) else column
-    return pa.table(arrays)

@@ -32,7 +32,6 @@ store, the load fails with :class:`PermanentDestinationError`), the rest of the 
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,14 +48,13 @@ import psycopg.errors
 import psycopg.types.json
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.dead_letters import DeadLetter, DeadLetterStore
+from cdc_assets.destinations import pg_binary, pg_types
 from cdc_assets.destinations import pg_elements as el
 from cdc_assets.destinations import pg_staging as st
-from cdc_assets.destinations import pg_types
 from cdc_assets.destinations.base import (
     DestinationError,
     LoadResult,
@@ -543,9 +541,9 @@ class PostgresDestination:
     def load(self, table: TableSchema, batch: pa.RecordBatch, *, load_id: str) -> LoadResult:
         """Merge one change batch in one transaction, recording ``load_id`` and the positions it covers.
 
-        The batch goes to PostgreSQL in pieces, each reduced and merged on its own (the merge converges
-        whatever the order, so any split does): while PostgreSQL merges one piece, this process prepares the
-        next, two cores at work instead of one waiting for the other.
+        The batch goes to PostgreSQL in pieces of whole partitions, each reduced and merged on its own:
+        while PostgreSQL merges one piece, this process prepares the next, two cores at work instead of one
+        waiting for the other.
         """
         started = time.perf_counter()
         first, last = _positions(batch)
@@ -558,11 +556,10 @@ class PostgresDestination:
         with self._transaction() as cursor:
             with ThreadPoolExecutor(1, thread_name_prefix="cdc-postgres-load") as worker:
                 pending: Future[None] | None = None
-                for number, offset in enumerate(range(0, max(1, batch.num_rows), self.piece_changes)):
-                    piece = batch.slice(offset, self.piece_changes)
+                for number, (sources, piece) in enumerate(st.partition_pieces(table, batch, self.piece_changes)):
                     parts = st.flatten(table, piece, columns)
                     for index, reason in parts.rejected.items():
-                        rejected.setdefault(offset + index, reason)
+                        rejected.setdefault(int(sources[index]), reason)
                     self._check_rejected(table, rejected)
                     steps = self._prepare(table, piece, columns, parts, number)
                     if pending is not None:
@@ -600,16 +597,11 @@ class PostgresDestination:
         staging = st.staging_columns(table, columns)
         reduced = st.reduce_parts(parts, columns)
         stage = f"{STAGE}_{number}"
-        definition = ", ".join(f"{ident(name)} {pg}" for name, pg in staging)
-        steps = [
-            Step(f"CREATE TEMPORARY TABLE {stage} ({definition}) ON COMMIT DROP"),
-            copy_step(stage, staging, reduced),
-        ]
+        steps = stage_steps(stage, staging, reduced)
         present = set(reduced.table.column(st.PART).unique().to_pylist())
         if present:
             steps.append(Step(sql.merge_sql(stage, columns, "".join(sorted(present)))))
-        steps.append(Step(f"DROP TABLE {stage}"))
-        return steps
+        return [*steps, drop_stage_step(stage)]
 
     def _after_pieces(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
         """Work after every piece is merged, in the load's transaction (nothing for plain PostgreSQL)."""
@@ -700,14 +692,40 @@ def run_steps(cursor: psycopg.Cursor, steps: Sequence[Step]) -> None:
                 copy.write(step.payload[start : start + COPY_CHUNK])
 
 
-def copy_step(target: str, staging: Sequence[tuple[str, str]], parts: st.Parts) -> Step:
-    """COPY of parts into ``target``, as CSV written by Arrow (columnar, no per-row Python)."""
+def stage_steps(stage: str, staging: Sequence[tuple[str, str]], parts: st.Parts) -> list[Step]:
+    """Statements making ``stage`` hold ``parts``: a binary COPY into a temporary table, behind a temporary
+    view casting the columns binary COPY does not spell (numeric, inet, interval, arrays: sent as text).
+
+    :func:`drop_stage_step` removes both."""
     names = [name for name, _ in staging]
-    table = st.copy_table(parts, names)
-    buffer = io.BytesIO()
-    pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False))
+    table = pa.table({name: parts.table.column(name) for name in names})
+    sent = [_wire_type(pg, table.column(name).type) for name, pg in staging]
+    raw = stage + "_raw"
+    definition = ", ".join(f"{ident(name)} {pg}" for name, pg in zip(names, sent, strict=True))
     columns = ", ".join(ident(n) for n in names)
-    return Step(f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer.getbuffer())
+    casts = ", ".join(
+        ident(name) if pg == wire else f"{ident(name)}::{pg} AS {ident(name)}"
+        for (name, pg), wire in zip(staging, sent, strict=True)
+    )
+    return [
+        Step(f"CREATE TEMPORARY TABLE {raw} ({definition}) ON COMMIT DROP"),
+        Step(f"COPY {raw} ({columns}) FROM STDIN WITH (FORMAT binary)", pg_binary.binary_copy_payload(table, sent)),
+        Step(f"CREATE TEMPORARY VIEW {stage} AS SELECT {casts} FROM {raw}"),
+    ]
+
+
+def _wire_type(pg_type: str, arrow: pa.DataType) -> str:
+    """The type a staged column is sent as: its own, unless binary COPY cannot spell it or it was staged as
+    its text form (``pg_staging``), then text."""
+    if pg_type not in pg_binary.SUPPORTED_TYPES:
+        return "text"
+    if pa.types.is_string(arrow) and pg_type not in ("text", "jsonb", "uuid"):
+        return "text"
+    return pg_type
+
+
+def drop_stage_step(stage: str) -> Step:
+    return Step(f"DROP TABLE {stage}_raw CASCADE")
 
 
 def _presented_columns(table: TableSchema) -> tuple[Column, ...]:

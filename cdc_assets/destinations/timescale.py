@@ -43,7 +43,15 @@ from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations import pg_staging as st
 from cdc_assets.destinations import pg_types
 from cdc_assets.destinations.base import PermanentDestinationError
-from cdc_assets.destinations.postgres import PIECE_CHANGES, PgTableSql, PostgresDestination, Step, copy_step, ident
+from cdc_assets.destinations.postgres import (
+    PIECE_CHANGES,
+    PgTableSql,
+    PostgresDestination,
+    Step,
+    drop_stage_step,
+    ident,
+    stage_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -329,16 +337,14 @@ class TimescaleDestination(PostgresDestination):
             with_time.table = with_time.table.append_column(name, values)
         steps = [] if self.uses_timescale else self._partition_steps(sql, times)
         stage = f"{HISTORY_STAGE}_{number}"
-        definition = ", ".join(f"{ident(name)} {pg}" for name, pg in history)
         names = ", ".join(ident(name) for name, _ in history)
         return [
             *steps,
-            Step(f"CREATE TEMPORARY TABLE {stage} ({definition}) ON COMMIT DROP"),
-            copy_step(stage, history, with_time),
+            *stage_steps(stage, history, with_time),
             Step(
                 f"INSERT INTO {sql.name(HISTORY_SUFFIX)} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING"
             ),
-            Step(f"DROP TABLE {stage}"),
+            drop_stage_step(stage),
         ]
 
     def _partition_steps(self, sql: PgTableSql, times: pa.Array) -> list[Step]:
