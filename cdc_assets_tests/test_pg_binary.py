@@ -465,8 +465,8 @@ def test_an_arrow_type_the_postgresql_type_cannot_take_is_a_type_error_naming_th
 
 
 def test_an_unknown_postgresql_type_is_refused_naming_the_column():
-    with pytest.raises(ValueError, match=r"column 'col'.*'numeric'"):
-        payload_of(pa.array([1]), "numeric")
+    with pytest.raises(ValueError, match=r"column 'col'.*'inet'"):
+        payload_of(pa.array([1]), "inet")
 
 
 def test_as_many_types_as_columns_are_required():
@@ -569,3 +569,40 @@ def test_a_null_uuid_slot_need_not_hold_a_uuid(connection: psycopg.Connection):
     validity = pa.py_buffer(np.packbits([1, 0], bitorder="little").tobytes())
     array = pa.Array.from_buffers(pa.string(), 2, [validity, offsets, pa.py_buffer(text)], null_count=1)
     assert load(connection, pa.table({"col": array}), ["uuid"]) == [(uuid.UUID(text[:36].decode()),), (None,)]
+
+
+# --------------------------------------------------------------------------------------------------
+# numeric, from plain decimal text
+
+_DECIMALS = st.builds(
+    lambda sign, whole, fraction: sign + whole + ("." + fraction if fraction else ""),
+    st.sampled_from(["", "-"]),
+    st.text("0123456789", min_size=1, max_size=30),
+    st.text("0123456789", max_size=30),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.one_of(st.none(), _DECIMALS), max_size=40))
+def test_decimal_text_loads_as_the_numeric_postgresql_reads_from_the_same_text(
+    connection: psycopg.Connection, texts: list[str | None]
+):
+    payload = binary_copy_payload(
+        pa.table({"i": pa.array(range(len(texts)), pa.int32()), "n": pa.array(texts, pa.string())}),
+        ["integer", "numeric"],
+    )
+    connection.execute("CREATE TEMPORARY TABLE IF NOT EXISTS numerics (i integer, n numeric, t text)")
+    connection.execute("TRUNCATE numerics")
+    with connection.cursor().copy("COPY numerics (i, n) FROM STDIN WITH (FORMAT binary)") as copy:
+        copy.write(payload)
+    for index, text in enumerate(texts):
+        connection.execute("UPDATE numerics SET t = %s WHERE i = %s", [text, index])
+    rows = connection.execute("SELECT i, n::text, t::numeric::text FROM numerics ORDER BY i").fetchall()
+    assert [(sent, parsed) for _, sent, parsed in rows] == [(parsed, parsed) for _, _, parsed in rows]
+    assert len(rows) == len(texts)
+
+
+@pytest.mark.parametrize("text", ["1e5", "1.", ".5", "NaN", "1,5", "--1", " 1"])
+def test_decimal_text_that_is_not_plain_is_refused_naming_the_column(text: str):
+    with pytest.raises(ValueError, match="'price'"):
+        binary_copy_payload(pa.table({"price": pa.array(["1.5", text])}), ["numeric"])

@@ -63,9 +63,25 @@ _TIME_RANGE = (0, 86_400_000_000 + 1)
 _INTEGERS = {"smallint": np.dtype(">i2"), "integer": np.dtype(">i4"), "bigint": np.dtype(">i8")}
 # The PostgreSQL types binary_copy_payload sends, spelt as in DDL.
 SUPPORTED_TYPES = frozenset(
-    [*_INTEGERS, "boolean", "real", "double precision", "text", "bytea", "uuid", "timestamptz", "date", "time", "jsonb"]
+    [
+        *_INTEGERS,
+        "boolean",
+        "real",
+        "double precision",
+        "text",
+        "bytea",
+        "uuid",
+        "timestamptz",
+        "date",
+        "time",
+        "jsonb",
+        "numeric",
+    ]
 )
 _JSONB_VERSION = 1
+_PLAIN_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
+_MAX_NUMERIC_TEXT = 256
+_NUMERIC_NEGATIVE = 0x4000
 
 _UUID_TEXT = 36
 _UUID_BYTES = 16
@@ -85,7 +101,8 @@ def binary_copy_payload(table: pa.Table | pa.RecordBatch, types: Sequence[str]) 
     """The whole COPY BINARY stream (signature header, flags, extension length, tuples, trailer -1).
 
     ``types[i]`` is the PostgreSQL type of the target's i-th column, spelt as in DDL: smallint, integer,
-    bigint, boolean, real, double precision, text, bytea, uuid, timestamptz, date, time or jsonb. An Arrow
+    bigint, boolean, real, double precision, text, bytea, uuid, timestamptz, date, time, jsonb or numeric
+    (from plain decimal text). An Arrow
     type the PostgreSQL type cannot take raises TypeError; a value it cannot hold, ValueError.
     """
     if len(types) != table.num_columns:
@@ -474,6 +491,8 @@ def _pieces(name: str, array: pa.Array, pg_type: str) -> list[_Part | _Spans]:
         return [_fixed_binary(array, valid)]
     if pg_type == "uuid" and _is_string(arrow):
         return [_Part(valid, np.dtype(f"V{_UUID_BYTES}"), _uuids(name, array, valid).__getitem__)]
+    if pg_type == "numeric" and _is_string(arrow):
+        return _variable(numeric_send(name, array), valid, False)
     if pg_type == "uuid" and pa.types.is_fixed_size_binary(arrow) and arrow.byte_width == _UUID_BYTES:
         return [_fixed_binary(array, valid)]
     if pg_type == "timestamptz" and pa.types.is_timestamp(arrow):
@@ -483,6 +502,50 @@ def _pieces(name: str, array: pa.Array, pg_type: str) -> list[_Part | _Spans]:
     if pg_type == "time" and (pa.types.is_time32(arrow) or pa.types.is_time64(arrow)):
         return [_times(name, array, valid)]
     raise TypeError(f"column {name!r}: Arrow type {arrow} cannot be sent as PostgreSQL {pg_type}")
+
+
+def numeric_send(name: str, array: pa.Array) -> pa.Array:
+    """Plain decimal text (``-123.4500``: digits, at most one point, no exponent) as numeric_send's bytes:
+    the count of base-10000 digits, the weight of the first, the sign and the display scale (int16 each),
+    then the digits from the first to the last non-zero one. Other text raises ValueError."""
+    n = len(array)
+    if n == 0:
+        return pa.array([], pa.binary())
+    texts = pc.fill_null(array, "0")
+    plain = pc.match_substring_regex(texts, _PLAIN_DECIMAL)
+    if not pc.all(plain).as_py():
+        bad = texts[int(np.argmin(plain.to_numpy(zero_copy_only=False)))].as_py()
+        raise ValueError(f"column {name!r}: {bad!r} is not plain decimal text, which numeric is sent from")
+    if pc.max(pc.utf8_length(texts)).as_py() > _MAX_NUMERIC_TEXT:
+        raise ValueError(f"column {name!r}: decimal text longer than {_MAX_NUMERIC_TEXT} characters")
+    negative = pc.starts_with(texts, "-").to_numpy(zero_copy_only=False)
+    body = pc.utf8_ltrim(texts, "-")
+    pointed = pc.if_else(pc.match_substring(body, "."), body, pc.binary_join_element_wise(body, ".", ""))
+    halves = pc.split_pattern(pointed, ".", max_splits=1)
+    whole, fraction = pc.list_element(halves, 0), pc.list_element(halves, 1)
+    whole_groups = -(-max(1, pc.max(pc.utf8_length(whole)).as_py() or 1) // 4)
+    fraction_groups = -(-(pc.max(pc.utf8_length(fraction)).as_py() or 0) // 4)
+    groups = whole_groups + fraction_groups
+    padded = pc.binary_join_element_wise(
+        pc.utf8_lpad(whole, 4 * whole_groups, "0"), pc.utf8_rpad(fraction, 4 * fraction_groups, "0"), ""
+    )
+    digits = _data(padded)[: n * 4 * groups].reshape(n, groups, 4).astype(np.int16) - ord("0")
+    values = digits @ np.array([1000, 100, 10, 1], dtype=np.int16)
+    nonzero = values != 0
+    present = nonzero.any(axis=1)
+    first = np.argmax(nonzero, axis=1)
+    count = np.where(present, groups - np.argmax(nonzero[:, ::-1], axis=1) - first, 0)
+    header = np.zeros((n, 4), dtype=np.int16)
+    header[:, 0] = count
+    header[:, 1] = np.where(present, whole_groups - 1 - first, 0)
+    header[:, 2] = np.where(present & negative, _NUMERIC_NEGATIVE, 0)
+    header[:, 3] = pc.utf8_length(fraction).to_numpy(zero_copy_only=False)
+    shifted = np.take_along_axis(np.pad(values, ((0, 0), (0, groups))), first[:, None] + np.arange(groups), axis=1)
+    record = np.hstack([header, shifted]).astype(">i2").view(np.uint8).reshape(n, -1)
+    keep = np.arange(record.shape[1]) < (8 + 2 * count)[:, None]
+    offsets = np.r_[0, np.cumsum(8 + 2 * count)].astype(np.int32)
+    sent = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(record[keep])])
+    return pc.if_else(pc.is_valid(array), sent, pa.scalar(None, pa.binary())) if array.null_count else sent
 
 
 def _is_string(arrow: pa.DataType) -> bool:

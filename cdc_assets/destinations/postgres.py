@@ -546,7 +546,7 @@ class PostgresDestination:
         waiting for the other.
         """
         started = time.perf_counter()
-        first, last = _positions(batch)
+        first, last = positions(batch)
         incompatible = self._ensure(table)
         if self._loaded(load_id):
             log.info("load %s of %s was already committed; skipped", load_id, table.qualified_name)
@@ -554,6 +554,7 @@ class PostgresDestination:
         columns, rejected = _batch_columns(table, batch, incompatible)
         self._check_rejected(table, rejected)
         with self._transaction() as cursor:
+            self._before_pieces(cursor, table, batch)
             with ThreadPoolExecutor(1, thread_name_prefix="cdc-postgres-load") as worker:
                 pending: Future[None] | None = None
                 for number, (sources, piece) in enumerate(st.partition_pieces(table, batch, self.piece_changes)):
@@ -602,6 +603,9 @@ class PostgresDestination:
         if present:
             steps.append(Step(sql.merge_sql(stage, columns, "".join(sorted(present)))))
         return [*steps, drop_stage_step(stage)]
+
+    def _before_pieces(self, cursor: psycopg.Cursor, table: TableSchema, batch: pa.RecordBatch) -> None:
+        """Work before the first piece, in the load's transaction (nothing for plain PostgreSQL)."""
 
     def _after_pieces(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
         """Work after every piece is merged, in the load's transaction (nothing for plain PostgreSQL)."""
@@ -699,7 +703,7 @@ def stage_steps(stage: str, staging: Sequence[tuple[str, str]], parts: st.Parts)
     :func:`drop_stage_step` removes both."""
     names = [name for name, _ in staging]
     table = pa.table({name: parts.table.column(name) for name in names})
-    sent = [_wire_type(pg, table.column(name).type) for name, pg in staging]
+    sent = [wire_type(pg, table.column(name).type) for name, pg in staging]
     raw = stage + "_raw"
     definition = ", ".join(f"{ident(name)} {pg}" for name, pg in zip(names, sent, strict=True))
     columns = ", ".join(ident(n) for n in names)
@@ -714,7 +718,7 @@ def stage_steps(stage: str, staging: Sequence[tuple[str, str]], parts: st.Parts)
     ]
 
 
-def _wire_type(pg_type: str, arrow: pa.DataType) -> str:
+def wire_type(pg_type: str, arrow: pa.DataType) -> str:
     """The type a staged column is sent as: its own, unless binary COPY cannot spell it or it was staged as
     its text form (``pg_staging``), then text."""
     if pg_type not in pg_binary.SUPPORTED_TYPES:
@@ -790,7 +794,7 @@ def _batch_columns(
     return columns, rejected
 
 
-def _positions(batch: pa.RecordBatch) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+def positions(batch: pa.RecordBatch) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
     """The first and last source position (segment id, position) of a batch's changes."""
     if batch.num_rows == 0:
         return None, None

@@ -40,8 +40,8 @@ import pyarrow.compute as pc
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.dead_letters import DeadLetterStore
+from cdc_assets.destinations import pg_binary, pg_types
 from cdc_assets.destinations import pg_staging as st
-from cdc_assets.destinations import pg_types
 from cdc_assets.destinations.base import PermanentDestinationError
 from cdc_assets.destinations.postgres import (
     PIECE_CHANGES,
@@ -50,7 +50,9 @@ from cdc_assets.destinations.postgres import (
     Step,
     drop_stage_step,
     ident,
+    positions,
     stage_steps,
+    wire_type,
 )
 
 log = logging.getLogger(__name__)
@@ -236,6 +238,7 @@ class TimescaleDestination(PostgresDestination):
         self.retention = retention
         self.allow_plain_postgres = allow_plain_postgres
         self._timescale: bool | None = None
+        self._append_directly = False
         self._histories: dict[tuple[str, str], TableSchema] = {}
 
     @property
@@ -313,6 +316,23 @@ class TimescaleDestination(PostgresDestination):
     ) -> list[Step]:
         return self._history_steps(table, piece, columns, parts, number)
 
+    def _before_pieces(self, cursor: psycopg.Cursor, table: TableSchema, batch: pa.RecordBatch) -> None:
+        """Whether this load may COPY straight into the history: no committed load covers any of its positions,
+        so none of its changes can be there already. Loads of a table are serialized for the check to hold."""
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"cdc_assets:load:{self.helper}:{table.qualified_name}"]
+        )
+        first, last = positions(batch)
+        if first is None or last is None:
+            self._append_directly = False
+            return
+        cursor.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {ident(self.helper)}.loads WHERE table_name = %s "
+            "AND (last_segment, last_position) >= (%s, %s) AND (first_segment, first_position) <= (%s, %s))",
+            [table.qualified_name, *first, *last],
+        )
+        self._append_directly = not cursor.fetchone()[0]  # type: ignore[index]
+
     def _after_pieces(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
         if not self.uses_timescale and self.retention is not None:
             self._drop_expired_partitions(cursor, table)
@@ -336,14 +356,18 @@ class TimescaleDestination(PostgresDestination):
         for name, values in extra.items():
             with_time.table = with_time.table.append_column(name, values)
         steps = [] if self.uses_timescale else self._partition_steps(sql, times)
-        stage = f"{HISTORY_STAGE}_{number}"
         names = ", ".join(ident(name) for name, _ in history)
+        target = sql.name(HISTORY_SUFFIX)
+        if self._append_directly and _copies_directly(history, with_time.table):
+            payload = pg_binary.binary_copy_payload(
+                with_time.table.select([n for n, _ in history]), [t for _, t in history]
+            )
+            return [*steps, Step(f"COPY {target} ({names}) FROM STDIN WITH (FORMAT binary)", payload)]
+        stage = f"{HISTORY_STAGE}_{number}"
         return [
             *steps,
             *stage_steps(stage, history, with_time),
-            Step(
-                f"INSERT INTO {sql.name(HISTORY_SUFFIX)} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING"
-            ),
+            Step(f"INSERT INTO {target} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING"),
             drop_stage_step(stage),
         ]
 
@@ -379,6 +403,15 @@ class TimescaleDestination(PostgresDestination):
             lower = _partition_start(name, table.name)
             if lower is not None and lower + self.chunk_interval <= cutoff:
                 cursor.execute(f"DROP TABLE {ident(sql.schema)}.{ident(name)}")
+
+
+def _copies_directly(history: Sequence[tuple[str, str]], table: pa.Table) -> bool:
+    """Whether a piece's history rows can be COPYed into the history as they are: binary COPY spells every
+    column, and no change is there twice (the unique index would fail the COPY; staging skips it)."""
+    if any(wire_type(pg, table.column(name).type) != pg for name, pg in history):
+        return False
+    identity = [SEGMENT, POSITION, KEY, TIME]
+    return table.select(identity).group_by(identity).aggregate([]).num_rows == table.num_rows
 
 
 def _partition_suffix(lower: datetime) -> str:
