@@ -504,6 +504,11 @@ def _pieces(name: str, array: pa.Array, pg_type: str) -> list[_Part | _Spans]:
     raise TypeError(f"column {name!r}: Arrow type {arrow} cannot be sent as PostgreSQL {pg_type}")
 
 
+def plain_decimals(values: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether every value is decimal text :func:`numeric_send` takes (nulls aside)."""
+    return bool(pc.all(pc.match_substring_regex(pc.fill_null(values, "0"), _PLAIN_DECIMAL)).as_py() is not False)
+
+
 def numeric_send(name: str, array: pa.Array) -> pa.Array:
     """Plain decimal text (``-123.4500``: digits, at most one point, no exponent) as numeric_send's bytes:
     the count of base-10000 digits, the weight of the first, the sign and the display scale (int16 each),

@@ -703,7 +703,7 @@ def stage_steps(stage: str, staging: Sequence[tuple[str, str]], parts: st.Parts)
     :func:`drop_stage_step` removes both."""
     names = [name for name, _ in staging]
     table = pa.table({name: parts.table.column(name) for name in names})
-    sent = [wire_type(pg, table.column(name).type) for name, pg in staging]
+    sent = [wire_type(pg, table.column(name)) for name, pg in staging]
     raw = stage + "_raw"
     definition = ", ".join(f"{ident(name)} {pg}" for name, pg in zip(names, sent, strict=True))
     columns = ", ".join(ident(n) for n in names)
@@ -718,13 +718,13 @@ def stage_steps(stage: str, staging: Sequence[tuple[str, str]], parts: st.Parts)
     ]
 
 
-def wire_type(pg_type: str, arrow: pa.DataType) -> str:
+def wire_type(pg_type: str, values: pa.Array | pa.ChunkedArray) -> str:
     """The type a staged column is sent as: its own, unless binary COPY cannot spell it or it was staged as
-    its text form (``pg_staging``), then text."""
+    its text form (``pg_staging``; numeric only from plain decimal text), then text."""
     if pg_type not in pg_binary.SUPPORTED_TYPES:
         return "text"
-    if pa.types.is_string(arrow) and pg_type not in ("text", "jsonb", "uuid"):
-        return "text"
+    if pa.types.is_string(values.type) and pg_type not in ("text", "jsonb", "uuid"):
+        return "numeric" if pg_type == "numeric" and pg_binary.plain_decimals(values) else "text"
     return pg_type
 
 

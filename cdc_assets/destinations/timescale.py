@@ -408,7 +408,7 @@ class TimescaleDestination(PostgresDestination):
 def _copies_directly(history: Sequence[tuple[str, str]], table: pa.Table) -> bool:
     """Whether a piece's history rows can be COPYed into the history as they are: binary COPY spells every
     column, and no change is there twice (the unique index would fail the COPY; staging skips it)."""
-    if any(wire_type(pg, table.column(name).type) != pg for name, pg in history):
+    if any(wire_type(pg, table.column(name)) != pg for name, pg in history):
         return False
     identity = [SEGMENT, POSITION, KEY, TIME]
     return table.select(identity).group_by(identity).aggregate([]).num_rows == table.num_rows
