@@ -5,8 +5,10 @@ updates, ~5 % row deletions), then, per destination, in the same run:
 
 - *bare*: the batch loaded with no merge logic at all into empty tables: the batch flattened (cell structs
   to one column per field, each complex column's element cells to a child table of their own) and bulk
-  loaded, with ``COPY … FROM STDIN (FORMAT csv)`` for PostgreSQL and TimescaleDB and ``insert_arrow``
-  into plain MergeTree tables for ClickHouse. Flattening and serialising are timed: a destination must
+  loaded, with ``COPY … FROM STDIN`` for PostgreSQL and TimescaleDB and ``insert_arrow`` into plain
+  MergeTree tables for ClickHouse. PostgreSQL's is timed twice: CSV written by pyarrow (the plain COPY the
+  target is judged on) and binary written by ``pg_binary`` (what the merge loads themselves now send;
+  shown for comparison, it is the stricter baseline). Flattening and serialising are timed: a destination must
   do that work too.
 - *merge*: the destination's own ``load`` into its (empty, already created) tables.
 
@@ -48,6 +50,7 @@ from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.commitlog.generator.workload import realistic_table
+from cdc_assets.destinations.pg_binary import binary_copy_payload
 
 DEFAULT_POSTGRES_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 TARGET_RATIO = 0.70
@@ -57,6 +60,7 @@ ROWS_PER_PARTITION = 4
 BASE_WRITETIME = 1_700_000_000_000_000
 CHANGES_PER_SEGMENT = 100_000
 COPY_CHUNK = 1 << 20
+FORMATS = ("csv", "binary")
 WARM_UP_CHANGES = 1_000
 
 
@@ -272,8 +276,9 @@ def _ch_quote(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
-def bare_copy(dsn: str, schema: str, tag: str, batch: pa.RecordBatch) -> float:
-    """Seconds to flatten ``batch`` and COPY it into empty tables ``<schema>.<tag>_*`` (created untimed)."""
+def bare_copy(dsn: str, schema: str, tag: str, batch: pa.RecordBatch, copy_format: str = "csv") -> float:
+    """Seconds to flatten ``batch`` and COPY it (``copy_format`` csv or binary) into empty tables
+    ``<schema>.<tag>_*`` (created untimed)."""
     with psycopg.connect(dsn) as connection:
         for name, table in flat_tables(batch).items():
             columns = ", ".join(f"{_quote(f.name)} {_pg_type(f.type)}" for f in table.schema)
@@ -281,11 +286,15 @@ def bare_copy(dsn: str, schema: str, tag: str, batch: pa.RecordBatch) -> float:
         connection.commit()
         start = time.perf_counter()
         for name, table in flat_tables(batch).items():
-            data = pa.BufferOutputStream()
-            pacsv.write_csv(table, data, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-            payload = memoryview(data.getvalue())
+            if copy_format == "binary":
+                payload = binary_copy_payload(table, [_pg_type(f.type) for f in table.schema])
+            else:
+                data = pa.BufferOutputStream()
+                pacsv.write_csv(table, data, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+                payload = memoryview(data.getvalue())
             target = f"{_quote(schema)}.{_quote(f'{tag}_{name}')}"
-            with connection.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN (FORMAT csv)") as copy:
+            statement = f"COPY {target} FROM STDIN (FORMAT {copy_format})"
+            with connection.cursor() as cursor, cursor.copy(statement) as copy:
                 for offset in range(0, len(payload), COPY_CHUNK):
                     copy.write(payload[offset : offset + COPY_CHUNK])
         connection.commit()
@@ -312,17 +321,17 @@ def bare_insert_arrow(client: Any, database: str, tag: str, batch: pa.RecordBatc
 class Measurement:
     destination: str
     merge_seconds: float
-    bare_seconds: float
-    bare_method: str
+    # Best seconds of each bare bulk load; the first is the issue's baseline, the target's measure.
+    bare_seconds: dict[str, float]
 
 
 @dataclass(frozen=True)
 class Contender:
-    """One destination's two ways to load a batch, each into fresh tables named after a tag."""
+    """One destination's ways to load a batch, each into fresh tables named after a tag: its merge, and one
+    or more bare bulk loads (seconds by method, the target's baseline first)."""
 
     destination: str
-    bare_method: str
-    bare: Callable[[str, pa.RecordBatch], float]
+    bare: Callable[[str, pa.RecordBatch], dict[str, float]]
     merge: Callable[[str, pa.RecordBatch], float]
 
 
@@ -345,12 +354,13 @@ def measure(contender: Contender, batch: pa.RecordBatch, repeat: int) -> Measure
     warm_up = batch.slice(0, min(WARM_UP_CHANGES, batch.num_rows))
     contender.bare("warmup", warm_up)
     contender.merge("warmup", warm_up)
-    bare_seconds: list[float] = []
+    bare: list[dict[str, float]] = []
     merge_seconds: list[float] = []
     for round_number in range(repeat):
-        bare_seconds.append(contender.bare(f"r{round_number}", batch))
+        bare.append(contender.bare(f"r{round_number}", batch))
         merge_seconds.append(contender.merge(f"r{round_number}", batch))
-    return Measurement(contender.destination, min(merge_seconds), min(bare_seconds), contender.bare_method)
+    best = {method: min(rounds[method] for rounds in bare) for method in bare[0]}
+    return Measurement(contender.destination, min(merge_seconds), best)
 
 
 @contextmanager
@@ -383,10 +393,10 @@ def postgres_contenders(dsn: str, prefix: str, table: TableSchema, names: list[s
 
 
 def _copy_contender(name: str, dsn: str, prefix: str, destination: Any, table: TableSchema) -> Contender:
-    def bare(tag: str, batch: pa.RecordBatch) -> float:
-        return bare_copy(dsn, prefix + "bare", f"{name}_{tag}", batch)
+    def bare(tag: str, batch: pa.RecordBatch) -> dict[str, float]:
+        return {f"COPY {f}": bare_copy(dsn, prefix + "bare", f"{name}_{tag}_{f}", batch, f) for f in FORMATS}
 
-    return Contender(name, "COPY", bare, merge_loader(destination, table))
+    return Contender(name, bare, merge_loader(destination, table))
 
 
 @contextmanager
@@ -398,26 +408,29 @@ def clickhouse_contender(prefix: str, table: TableSchema) -> Iterator[Contender]
     destination = ClickHouseDestination(dsn=f"chdb://{data_path}", database_prefix=f"{prefix}ch_")
     try:
 
-        def bare(tag: str, batch: pa.RecordBatch) -> float:
-            return bare_insert_arrow(destination.client, prefix + "bare", tag, batch)
+        def bare(tag: str, batch: pa.RecordBatch) -> dict[str, float]:
+            return {"insert_arrow": bare_insert_arrow(destination.client, prefix + "bare", tag, batch)}
 
-        yield Contender("clickhouse", "insert_arrow", bare, merge_loader(destination, table))
+        yield Contender("clickhouse", bare, merge_loader(destination, table))
     finally:
         destination.close()
         shutil.rmtree(data_path, ignore_errors=True)
 
 
 def report(measurements: list[Measurement], changes: int) -> None:
-    print(f"{'destination':<12} {'merge load':>16} {'bare bulk load':>31} {'ratio':>6}  target >= {TARGET_RATIO:.0%}")
+    """One line per destination and bare load; the target is judged on each destination's first bare load
+    (the issue's plain COPY / insert_arrow), the others are shown for comparison."""
+    print(f"{'destination':<12} {'merge load':>16} {'bare bulk load':>34} {'ratio':>6}  target >= {TARGET_RATIO:.0%}")
     for m in measurements:
         merge_rate = changes / m.merge_seconds
-        bare_rate = changes / m.bare_seconds
-        ratio = merge_rate / bare_rate
-        verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
-        print(
-            f"{m.destination:<12} {merge_rate:>10,.0f} chg/s {bare_rate:>10,.0f} chg/s ({m.bare_method:<12})"
-            f" {ratio:>6.0%}  {verdict:<12} [merge {m.merge_seconds:.2f} s, bare {m.bare_seconds:.2f} s]"
-        )
+        for index, (method, seconds) in enumerate(m.bare_seconds.items()):
+            bare_rate = changes / seconds
+            ratio = merge_rate / bare_rate
+            verdict = ("ok" if ratio >= TARGET_RATIO else "BELOW TARGET") if index == 0 else "(comparison)"
+            print(
+                f"{m.destination if index == 0 else '':<12} {merge_rate:>10,.0f} chg/s {bare_rate:>10,.0f} chg/s "
+                f"({method:<15}) {ratio:>6.0%}  {verdict:<12} [merge {m.merge_seconds:.2f} s, bare {seconds:.2f} s]"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

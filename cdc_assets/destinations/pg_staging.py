@@ -68,8 +68,8 @@ _PLAIN_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 _MAX_INT64_DIGITS = 18
 _COLUMNAR_ELEMENT_KINDS = frozenset({"ascii", "text", "tinyint", "smallint", "int", "bigint"})
 _INT_KEY_WIDTHS = {"tinyint": 1, "smallint": 2, "int": 4, "bigint": 8, "timestamp": 8, "date": 4, "time": 8}
-# Kinds whose Arrow values Arrow's CSV writer already spells the way PostgreSQL reads them.
-_CSV_NATIVE_KINDS = frozenset(
+# Kinds whose Arrow values are staged as they are (the others as their PostgreSQL text form).
+_NATIVE_KINDS = frozenset(
     {"ascii", "text", "boolean", "tinyint", "smallint", "int", "bigint", "counter", "float", "double"}
     | {"varint", "decimal", "timestamp", "date", "time", "uuid", "timeuuid", "inet"}
 )
@@ -196,10 +196,10 @@ def flatten(table: TableSchema, batch: pa.RecordBatch, columns: Sequence[Column]
 
 
 def _staged_values(column: Column, values: pa.Array, rejected: dict[int, str]) -> pa.Array:
-    """A column's values in the Arrow form whose CSV text PostgreSQL reads as its :func:`pg_type`."""
+    """A column's values as staged for its :func:`pg_type`: as they are, or as PostgreSQL's text form."""
     cql = column.type
     kind = cql.kind
-    if kind in _CSV_NATIVE_KINDS:
+    if kind in _NATIVE_KINDS:
         if kind in ("ascii", "text"):
             _reject_where(pc.match_substring(values, "\x00"), f"{column.name}: text with a NUL character", rejected)
         elif kind == "timestamp":
@@ -363,7 +363,11 @@ def partition_pieces(
     if n <= size:
         yield np.arange(n), batch
         return
-    keys = _key_bytes(table.partition_key, [batch.column(c.name) for c in table.partition_key])
+    if len(table.partition_key) == 1:
+        # Values PostgreSQL would identify but Arrow does not (-0.0 and 0.0) only cost a conflict update.
+        keys = batch.column(table.partition_key[0].name)
+    else:
+        keys = _key_bytes(table.partition_key, [batch.column(c.name) for c in table.partition_key])
     partitions = pc.dictionary_encode(keys).indices.to_numpy().astype(np.int64)
     pieces = -(-n // size)
     # Partitions in order of first appearance, cut into ranges of about equal count.

@@ -18,10 +18,11 @@ Shared bookkeeping lives in ``<prefix>_cdc``: ``loads`` (one row per committed l
 first and last source position and change count) and ``columns`` (each column's CQL type, to detect a
 change the storage cannot take).
 
-A load is one transaction: COPY (CSV, built columnar from Arrow) into a temporary staging table, then one
-statement of four data-modifying CTEs, each an ``INSERT … ON CONFLICT DO UPDATE`` that keeps, cell by
-cell, whichever of the stored and the staged cell Cassandra would keep (``model.py`` states the rules),
-then the ``loads`` row. Replays, reorderings and replica duplicates therefore converge; a replay of a
+A load is one transaction, sent in pieces of whole partitions (while PostgreSQL merges one, Python prepares
+the next): per piece, a binary COPY (``pg_binary``) into a temporary staging table, then one statement of
+four data-modifying CTEs, each an ``INSERT … ON CONFLICT DO UPDATE`` that keeps, cell by cell, whichever of
+the stored and the staged cell Cassandra would keep (``model.py`` states the rules); then the ``loads``
+row. Replays, reorderings and replica duplicates therefore converge; a replay of a
 recorded load id is skipped outright.
 
 Schema evolution: a new column is added to storage and view while the flow runs. A dropped column stops
@@ -557,7 +558,7 @@ class PostgresDestination:
             self._before_pieces(cursor, table, batch)
             with ThreadPoolExecutor(1, thread_name_prefix="cdc-postgres-load") as worker:
                 pending: Future[None] | None = None
-                for number, (sources, piece) in enumerate(st.partition_pieces(table, batch, self.piece_changes)):
+                for number, (sources, piece) in enumerate(self._pieces(table, batch)):
                     parts = st.flatten(table, piece, columns)
                     for index, reason in parts.rejected.items():
                         rejected.setdefault(int(sources[index]), reason)
@@ -603,6 +604,11 @@ class PostgresDestination:
         if present:
             steps.append(Step(sql.merge_sql(stage, columns, "".join(sorted(present)))))
         return [*steps, drop_stage_step(stage)]
+
+    def _pieces(self, table: TableSchema, batch: pa.RecordBatch) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+        """The batch in pieces (with their changes' indices in the batch), each holding whole partitions: all
+        changes to a key are reduced together, and a change delivered twice in a batch stays in one piece."""
+        return st.partition_pieces(table, batch, self.piece_changes)
 
     def _before_pieces(self, cursor: psycopg.Cursor, table: TableSchema, batch: pa.RecordBatch) -> None:
         """Work before the first piece, in the load's transaction (nothing for plain PostgreSQL)."""
