@@ -191,8 +191,9 @@ class PgTableSql:
             *(f"sv.{s}" for s in static_names),
             *(f"NULL::{pg_types.pg_type(c.type)} AS {ident(c.name)}" for c in table.regulars),
         ]
+        prelude = "".join(f"{cte},\n" for cte in self._prelude())
         return (
-            f"WITH sv AS NOT MATERIALIZED ({statics}),\n"
+            f"WITH {prelude}sv AS NOT MATERIALIZED ({statics}),\n"
             f"lr AS NOT MATERIALIZED ({rows})\n"
             f"SELECT {', '.join(row_select)} FROM lr LEFT JOIN sv ON {self._key_match('sv', 'lr')}\n"
             f"UNION ALL\n"
@@ -204,11 +205,10 @@ class PgTableSql:
         """Rows of a storage table with each column's visible value and the row's ``_cdc_live`` flag."""
         table = self.table
         hidden = ["s._cdc_deleted_at", "p._cdc_deleted_at"]
+        range_join = ""
         if ranges:
-            hidden.append(
-                f"(SELECT max(d._cdc_deleted_at) FROM {self.name('__rangedel')} d WHERE {self._key_match('d', 's')} "
-                "AND d._cdc_low <= s._cdc_ck AND s._cdc_ck < d._cdc_high)"
-            )
+            range_join, range_hidden = self._range_hidden()
+            hidden.append(range_hidden)
         checks = []
         values = []
         live = [f"(s._cdc_live_ts > h._cdc_h AND (s._cdc_live_exp IS NULL OR s._cdc_live_exp > {now}))"]
@@ -236,10 +236,26 @@ class PgTableSql:
         select = ", ".join([*keys, *values, f"({live_sql}) AS _cdc_live"])
         where = f" WHERE {live_sql}" if ranges else ""
         return (
-            f"SELECT {select} FROM {self.name(suffix)} s "
-            f"LEFT JOIN {self.name('__partdel')} p ON {self._key_match('p', 's')} "
+            f"SELECT {select} FROM {self._source(suffix)} s "
+            f"LEFT JOIN {self._source('__partdel')} p ON {self._key_match('p', 's')} {range_join} "
             f"CROSS JOIN LATERAL (SELECT coalesce(greatest({', '.join(hidden)}), {MIN_WRITETIME}) AS _cdc_h) h"
             f"{lateral}{where}"
+        )
+
+    def _source(self, suffix: str) -> str:
+        """What the view reads a storage table's rows from (the table itself)."""
+        return self.name(suffix)
+
+    def _prelude(self) -> list[str]:
+        """Common table expressions the view's SELECT starts with (none)."""
+        return []
+
+    def _range_hidden(self) -> tuple[str, str]:
+        """(a join, an expression): the latest range deletion covering a clustering row ``s``; per row, by
+        the range table's primary key."""
+        return "", (
+            f"(SELECT max(d._cdc_deleted_at) FROM {self._source('__rangedel')} d WHERE {self._key_match('d', 's')} "
+            "AND d._cdc_low <= s._cdc_ck AND s._cdc_ck < d._cdc_high)"
         )
 
     def _floor(self, column: Column) -> str:

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import numpy as np
 import psycopg
@@ -160,6 +161,34 @@ class HistoryTableSql(PgTableSql):
                 f"WHERE _cdc_part = '{st.PART_RANGE}' GROUP BY {keys}, _cdc_low, _cdc_high",
             ),
         ]
+
+    # The current-state view computes each reduction once (MATERIALIZED), under these names.
+    _SOURCES: ClassVar[dict[str, str]] = {
+        "__rows": "_cdc_rows",
+        "__static": "_cdc_static",
+        "__partdel": "_cdc_partdel",
+        "__rangedel": "_cdc_rangedel",
+    }
+
+    def _source(self, suffix: str) -> str:
+        return self._SOURCES[suffix]
+
+    def _prelude(self) -> list[str]:
+        views = dict(self.state_views())
+        ctes = [f"{alias} AS MATERIALIZED ({views[self.name(suffix)]})" for suffix, alias in self._SOURCES.items()]
+        keys = ", ".join(f"r.{ident(c.name)}" for c in self.table.partition_key)
+        # Range deletions joined to rows by partition key once, not looked up row by row in a table without
+        # an index.
+        ctes.append(
+            f"_cdc_ranged AS MATERIALIZED (SELECT {keys}, r._cdc_ck, max(d._cdc_deleted_at) AS _cdc_deleted_at "
+            f"FROM _cdc_rows r JOIN _cdc_rangedel d ON {self._key_match('d', 'r')} "
+            f"AND d._cdc_low <= r._cdc_ck AND r._cdc_ck < d._cdc_high GROUP BY {keys}, r._cdc_ck)"
+        )
+        return ctes
+
+    def _range_hidden(self) -> tuple[str, str]:
+        join = f"LEFT JOIN _cdc_ranged g ON {self._key_match('g', 's')} AND g._cdc_ck = s._cdc_ck"
+        return join, "g._cdc_deleted_at"
 
     def _reduced(self, part: str, columns: Sequence[Column], *, clustering: bool) -> str:
         """The history's parts of one kind reduced per key: each cell, the liveness and the deletions that
