@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench-decode bench-load clean
+.PHONY: install run test lint format bench-decode bench-load bench-copy clean
 
 $(STAMP): pyproject.toml setup.py cdc_assets/commitlog/_mutation_accel.c
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-decode: $(STAMP)
 
 bench-load: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py
+
+bench-copy: $(STAMP)
+	$(BIN)/python benchmarks/bench_pg_binary.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
