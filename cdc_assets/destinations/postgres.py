@@ -545,12 +545,7 @@ class PostgresDestination:
         current = cursor.fetchone()[0]  # type: ignore[index]
         wanted = [c.name for c in _presented_columns(sql.table)]
         if current is not None and current != wanted:
-            try:
-                cursor.execute(f"DROP VIEW {sql.view}")
-            except psycopg.errors.DependentObjectsStillExist as error:
-                raise PermanentDestinationError(
-                    f"cannot change the columns of view {sql.view}: other objects depend on it ({error})"
-                ) from error
+            drop_view(cursor, sql.view)
         cursor.execute(f"CREATE OR REPLACE VIEW {sql.view} AS {sql.view_sql()}")
 
     # ---- loading
@@ -748,6 +743,14 @@ def wire_type(pg_type: str, values: pa.Array | pa.ChunkedArray) -> str:
     if pa.types.is_string(values.type) and pg_type not in ("text", "jsonb", "uuid"):
         return "numeric" if pg_type == "numeric" and pg_binary.plain_decimals(values) else "text"
     return pg_type
+
+
+def drop_view(cursor: psycopg.Cursor, view: str) -> None:
+    """Drop a view this destination made, refusing (permanently) when the user built objects on it."""
+    try:
+        cursor.execute(f"DROP VIEW IF EXISTS {view}")
+    except psycopg.errors.DependentObjectsStillExist as error:
+        raise PermanentDestinationError(f"cannot change view {view}: other objects depend on it ({error})") from error
 
 
 def drop_stage_step(stage: str) -> Step:

@@ -50,6 +50,7 @@ from cdc_assets.destinations.postgres import (
     PostgresDestination,
     Step,
     drop_stage_step,
+    drop_view,
     ident,
     positions,
     stage_steps,
@@ -327,12 +328,7 @@ class TimescaleDestination(PostgresDestination):
         row = cursor.fetchone()
         if row is not None and row[0] == marker:
             return
-        try:
-            cursor.execute(f"DROP VIEW IF EXISTS {sql.view}")
-        except psycopg.errors.DependentObjectsStillExist as error:
-            raise PermanentDestinationError(
-                f"cannot change view {sql.view}: other objects depend on it ({error})"
-            ) from error
+        drop_view(cursor, sql.view)
         for name, _ in reversed(views[:-1]):
             cursor.execute(f"DROP VIEW IF EXISTS {name}")
         for name, select in views:
