@@ -60,10 +60,6 @@ def text_keyed(cql: CqlType) -> bool:
     return cql.kind in ("set", "map") and cql.args[0].kind in ("ascii", "text")
 
 
-def empty() -> pa.Table:
-    return SCHEMA.empty_table()
-
-
 # --------------------------------------------------------------------------------------------------
 # Element rows
 

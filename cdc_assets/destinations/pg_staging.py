@@ -66,7 +66,6 @@ _MIN_DAYS, _MAX_DAYS = -719162, 2932896
 _PLAIN_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 # Digits (and a sign) that always fit a signed 64-bit integer.
 _MAX_INT64_DIGITS = 18
-_COLUMNAR_ELEMENT_KINDS = frozenset({"ascii", "text", "tinyint", "smallint", "int", "bigint"})
 _INT_KEY_WIDTHS = {"tinyint": 1, "smallint": 2, "int": 4, "bigint": 8, "timestamp": 8, "date": 4, "time": 8}
 # Kinds whose Arrow values are staged as they are (the others as their PostgreSQL text form).
 _NATIVE_KINDS = frozenset(

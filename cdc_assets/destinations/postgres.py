@@ -386,7 +386,7 @@ class PgTableSql:
 
 
 def helper_ddl(helper: str) -> list[str]:
-    """The shared bookkeeping schema: the load ledger, the column registry and two SQL functions."""
+    """The shared bookkeeping schema: the load ledger, the column registry, SQL functions and an aggregate."""
     schema = ident(helper)
     return [
         f"CREATE SCHEMA IF NOT EXISTS {schema}",
