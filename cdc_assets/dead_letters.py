@@ -45,6 +45,8 @@ class DeadLetterStore:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        #: Letters this object appended: what one load set aside, for its metadata.
+        self.appended = 0
 
     def append(self, letter: DeadLetter) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +54,7 @@ class DeadLetterStore:
             out.write(letter.to_json() + "\n")
             out.flush()
             os.fsync(out.fileno())
+        self.appended += 1
 
     def __iter__(self) -> Iterator[DeadLetter]:
         if not self.path.exists():

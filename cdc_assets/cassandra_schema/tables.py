@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
-from cdc_assets.cassandra_schema.types import CqlType
+from cdc_assets.cassandra_schema.types import CqlType, type_from_dict, type_to_dict
 
 ColumnKind = Literal["partition_key", "clustering", "regular", "static"]
 
@@ -121,3 +121,44 @@ class SchemaRegistry:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+
+def table_to_dict(table: TableSchema) -> dict[str, Any]:
+    """A table definition as plain data (JSON-ready): what a staged change batch is loaded with later."""
+    return {
+        "keyspace": table.keyspace,
+        "name": table.name,
+        "id": str(table.id),
+        "cdc": table.cdc,
+        "columns": [
+            {
+                "name": c.name,
+                "type": type_to_dict(c.type),
+                "kind": c.kind,
+                "position": c.position,
+                "descending": c.descending,
+            }
+            for c in table.columns
+        ],
+        "dropped": [
+            {"name": d.name, "type": type_to_dict(d.type), "dropped_at": d.dropped_at, "kind": d.kind}
+            for d in table.dropped
+        ],
+    }
+
+
+def table_from_dict(data: dict[str, Any]) -> TableSchema:
+    """The inverse of :func:`table_to_dict`."""
+    return TableSchema(
+        keyspace=data["keyspace"],
+        name=data["name"],
+        id=uuid.UUID(data["id"]),
+        columns=tuple(
+            Column(c["name"], type_from_dict(c["type"]), c["kind"], c["position"], c["descending"])
+            for c in data["columns"]
+        ),
+        dropped=tuple(
+            DroppedColumn(d["name"], type_from_dict(d["type"]), d["dropped_at"], d["kind"]) for d in data["dropped"]
+        ),
+        cdc=data["cdc"],
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 NATIVE_TYPES = frozenset(
     {
@@ -247,3 +249,31 @@ class _TypeParser:
         if udt is None:
             raise self.fail(f"unknown type {name!r}")
         return udt
+
+
+def type_to_dict(cql: CqlType) -> dict[str, Any]:
+    """A CQL type as plain data (JSON-ready), UDT field names and vector sizes included."""
+    return {
+        "kind": cql.kind,
+        "args": [type_to_dict(arg) for arg in cql.args],
+        "frozen": cql.frozen,
+        "name": cql.name,
+        "field_names": list(cql.field_names),
+        "size": cql.size,
+    }
+
+
+def type_from_dict(data: Mapping[str, Any]) -> CqlType:
+    """The inverse of :func:`type_to_dict`."""
+    args = tuple(type_from_dict(arg) for arg in data["args"])
+    return CqlType(data["kind"], args, data["frozen"], data["name"], tuple(data["field_names"]), data["size"])
+
+
+def type_to_json(cql: CqlType) -> str:
+    """A CQL type as compact JSON (kept where a stored type must be read back, such as a column comment)."""
+    return json.dumps(type_to_dict(cql), separators=(",", ":"))
+
+
+def type_from_json(text: str) -> CqlType:
+    """The inverse of :func:`type_to_json`."""
+    return type_from_dict(json.loads(text))

@@ -138,6 +138,93 @@ def read_new_changes(reader: CommitLogReader, cdc_raw: str | os.PathLike[str], a
     return CdcRead(result, position, finished)
 
 
+@dataclass
+class DurableRead:
+    """A bounded read of what is durable in ``cdc_raw``: changes, where the next read resumes, how far it looked.
+
+    ``position`` is the last entry read (the next read starts strictly after it); ``frontier`` is how far
+    the durable log was scanned, which is at or past ``position`` when trailing entries held no change of a
+    captured table. A poller compares ``frontier`` with the idx offsets to know whether anything is new.
+    """
+
+    result: ReadResult
+    after: Position | None
+    position: Position | None
+    frontier: Position | None
+    segments: list[CdcSegment]
+
+
+def durable_frontier(segments: list[CdcSegment]) -> Position | None:
+    """The furthest durable place in the log: the idx offset of the newest segment a reader may enter.
+
+    Segments are entered oldest first and a newer one only once every older one is COMPLETED, as
+    :func:`read_new_changes` does; a segment without an idx (not yet durable) stops the walk.
+    """
+    frontier = None
+    for segment in segments:
+        if segment.index is None:
+            break
+        frontier = Position(segment.segment_id, segment.durable_offset)
+        if not segment.completed:
+            break
+    return frontier
+
+
+def read_durable(
+    reader: CommitLogReader,
+    cdc_raw: str | os.PathLike[str],
+    after: Position | None,
+    *,
+    max_changes: int | None = None,
+    max_bytes: int | None = None,
+) -> DurableRead:
+    """Read the durable changes after ``after``, oldest segment first, within the bounds of one micro-batch.
+
+    Never past a segment's idx offset, never into a segment while an older one may still grow, and never
+    past a segment that has no idx yet (its data is not durable, and skipping it would lose it). Both bounds
+    stop at a sync section boundary; a single section larger than ``max_bytes`` is still read whole, so a
+    read always moves forward when there is something to read.
+    """
+    chosen: list[CdcSegment] = []
+    limits: dict[str, int | None] = {}
+    budget = max_bytes
+    for segment in list_cdc_segments(cdc_raw):
+        if segment.index is None:
+            break
+        if after is not None and segment.segment_id < after.segment_id:
+            continue
+        start = after.offset if after is not None and after.segment_id == segment.segment_id else 0
+        limit = segment.durable_offset
+        if budget is not None and limit - start > budget:
+            limit = start + max(budget, 1)
+        chosen.append(segment)
+        limits[os.fspath(segment.path)] = limit
+        if budget is not None:
+            budget -= max(limit - start, 0)
+        if not segment.completed or limit < segment.durable_offset or (budget is not None and budget <= 0):
+            break
+    result = reader.read_segments([s.path for s in chosen], after=after, limits=limits, max_changes=max_changes)
+    last = chosen[-1] if chosen else None
+    if (
+        last is not None
+        and result.stats.last_position in (None, after)
+        and limits[os.fspath(last.path)] < last.durable_offset
+    ):
+        # The byte bound fell inside the first section: read that one section whole rather than stall.
+        limits[os.fspath(last.path)] = last.durable_offset
+        result = reader.read_segments([s.path for s in chosen], after=after, limits=limits, max_changes=max_changes)
+    position = result.stats.last_position or after
+    if last is None:
+        frontier = after
+    elif result.stats.bounded or limits[os.fspath(last.path)] < last.durable_offset:
+        frontier = position
+    else:
+        frontier = Position(last.segment_id, last.durable_offset)
+    if frontier is not None and position is not None and frontier < position:
+        frontier = position
+    return DurableRead(result, after, position, frontier, chosen)
+
+
 def cdc_raw_usage(cdc_raw: str | os.PathLike[str]) -> int:
     """Bytes the files in ``cdc_raw`` take (what Cassandra counts against ``cdc_total_space``)."""
     return sum(entry.stat().st_size for entry in Path(cdc_raw).iterdir() if entry.is_file())

@@ -71,6 +71,8 @@ class ReadStats:
     problems: list[CommitLogError] = field(default_factory=list)
     schema_changes: list[str] = field(default_factory=list)
     last_position: Position | None = None
+    #: The read stopped at ``max_changes``, before the end of what it was allowed to read.
+    bounded: bool = False
 
 
 @dataclass
@@ -256,8 +258,13 @@ class CommitLogReader:
         *,
         after: Position | None = None,
         limits: dict[str, int | None] | None = None,
+        max_changes: int | None = None,
     ) -> ReadResult:
-        """Read segments (in the order given; sort by id first) into one change batch per table."""
+        """Read segments (in the order given; sort by id first) into one change batch per table.
+
+        With ``max_changes``, reading stops at the end of the sync section in which that many changes were
+        reached: ``stats.last_position`` is then where the next read resumes, and nothing past it is kept.
+        """
         stats = ReadStats()
         builders: dict[str, ChangeBatchBuilder] = {}
         finished: dict[str, list[pa.RecordBatch]] = {}
@@ -266,7 +273,7 @@ class CommitLogReader:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            self._read_into(paths, after, limits or {}, stats, builders, finished)
+            self._read_into(paths, after, limits or {}, stats, builders, finished, max_changes)
         finally:
             if collecting:
                 gc.enable()
@@ -282,10 +289,21 @@ class CommitLogReader:
         stats: ReadStats,
         builders: dict[str, ChangeBatchBuilder],
         finished: dict[str, list[pa.RecordBatch]],
+        max_changes: int | None = None,
     ) -> None:
+        kept = 0
+        # The section boundary in force when the bound was reached: the first change past the next one stops.
+        bound_at: Position | bool | None = False
         for path in paths:
             limit = limits.get(os.fspath(path))
-            for change in self.iter_changes(path, after=after, limit=limit, stats=stats):
+            changes = self.iter_changes(path, after=after, limit=limit, stats=stats)
+            for change in changes:
+                if bound_at is not False and stats.last_position != bound_at:
+                    changes.close()
+                    break
+                kept += 1
+                if max_changes is not None and bound_at is False and kept >= max_changes:
+                    bound_at = stats.last_position
                 table = change.table
                 builder = builders.get(table.qualified_name)
                 if builder is None or builder.table is not table:
@@ -294,6 +312,16 @@ class CommitLogReader:
                         finished.setdefault(table.qualified_name, []).append(builder.finish())
                     builder = builders[table.qualified_name] = ChangeBatchBuilder(table)
                 builder.append(change.segment_id, change.position, change.fields)
+            if bound_at is not False and stats.last_position != bound_at:
+                # Stopped at a section boundary: what was decoded past it is read again by the next read.
+                stats.changes = kept
+                name = Path(path).name
+                end = stats.last_position
+                stats.dead_letters[:] = [
+                    d for d in stats.dead_letters if not (d.segment == name and end and d.position > end.offset)
+                ]
+                stats.bounded = True
+                break
         for name, builder in builders.items():
             if len(builder):
                 finished.setdefault(name, []).append(builder.finish())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +48,12 @@ class Destination(Protocol):
 
         Loading the same batch again, or batches in any order, leaves the same current state.
         """
+
+    def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> tuple[int, int] | None:
+        """The furthest source position among committed loads whose id starts with ``load_id_prefix``."""
+
+    def close(self) -> None:
+        """Release connections; the destination reconnects on next use."""
 
     def current_state(self, table: TableSchema, *, now: Any = None) -> list[dict[str, Any]]:
         """The rows ``SELECT * FROM ks.table`` would return, in the canonical form of ``model.py``."""

@@ -43,10 +43,9 @@ changes carrying a column the schema does not have and dates outside ClickHouse'
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -60,7 +59,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, Error, Operation
 
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
-from cdc_assets.cassandra_schema.types import CqlType, CqlTypeError, parse_type
+from cdc_assets.cassandra_schema.types import CqlType, CqlTypeError, parse_type, type_from_json, type_to_json
 from cdc_assets.dead_letters import DeadLetter, DeadLetterStore
 from cdc_assets.destinations.base import LoadResult, PermanentDestinationError, TransientDestinationError
 from cdc_assets.destinations.ch_types import (
@@ -148,32 +147,6 @@ def _start_column(name: str) -> str:
 
 def _end_column(name: str) -> str:
     return f"_cdc_end:{name}"
-
-
-def type_to_json(cql: CqlType) -> str:
-    """A CQL type as JSON, kept in the ClickHouse column comment so the stored type can be read back."""
-    return json.dumps(_type_dict(cql), separators=(",", ":"))
-
-
-def _type_dict(cql: CqlType) -> dict[str, Any]:
-    return {
-        "kind": cql.kind,
-        "args": [_type_dict(arg) for arg in cql.args],
-        "frozen": cql.frozen,
-        "name": cql.name,
-        "field_names": list(cql.field_names),
-        "size": cql.size,
-    }
-
-
-def type_from_json(text: str) -> CqlType:
-    """The inverse of :func:`type_to_json`."""
-    return _type_from_dict(json.loads(text))
-
-
-def _type_from_dict(data: Mapping[str, Any]) -> CqlType:
-    args = tuple(_type_from_dict(arg) for arg in data["args"])
-    return CqlType(data["kind"], args, data["frozen"], data["name"], tuple(data["field_names"]), data["size"])
 
 
 @dataclass(frozen=True)
@@ -536,6 +509,25 @@ class ClickHouseDestination:
         )
 
     # -- reading ------------------------------------------------------------------------------------
+
+    def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> tuple[int, int] | None:
+        """The furthest source position among committed loads of ``tables`` whose id starts with the prefix."""
+        found: list[tuple[int, int]] = []
+        with self._lock:
+            for database in sorted({self.database(table) for table in tables}):
+                exists = self._query(
+                    "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                    {"db": database, "t": LOADS_TABLE},
+                )
+                if not exists[0][0]:
+                    continue
+                found += self._query(
+                    f"SELECT last_segment_id, last_position FROM {quote(database)}.{quote(LOADS_TABLE)} "
+                    "WHERE startsWith(load_id, {p:String}) AND last_segment_id IS NOT NULL "
+                    "ORDER BY last_segment_id DESC, last_position DESC LIMIT 1",
+                    {"p": load_id_prefix},
+                )
+        return max((int(segment), int(position)) for segment, position in found) if found else None
 
     def current_state(self, table: TableSchema, *, now: Any = None) -> list[dict[str, Any]]:
         """The rows ``SELECT * FROM ks.table`` returns at ``now`` (datetime or epoch seconds; default: now)."""

@@ -683,6 +683,25 @@ class PostgresDestination:
         ]
         return canonical_rows(table, rows)
 
+    def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> tuple[int, int] | None:
+        """The furthest source position among committed loads whose id starts with ``load_id_prefix``.
+
+        What a pipeline whose own record of positions is gone resumes from (``tables`` is not needed here:
+        one ledger holds every table's loads).
+        """
+        loads = f"{ident(self.helper)}.loads"
+        with self._transaction() as cursor:
+            cursor.execute("SELECT to_regclass(%s)", [loads])
+            if cursor.fetchone()[0] is None:  # type: ignore[index]
+                return None
+            cursor.execute(
+                f"SELECT last_segment, last_position FROM {loads} WHERE starts_with(load_id, %s) "
+                "AND last_segment IS NOT NULL ORDER BY last_segment DESC, last_position DESC LIMIT 1",
+                [load_id_prefix],
+            )
+            row = cursor.fetchone()
+        return (row[0], row[1]) if row else None
+
     def loads(self, table: TableSchema) -> list[dict[str, Any]]:
         """The committed loads of a table, oldest first."""
         with self._transaction() as cursor:
