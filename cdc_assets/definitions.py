@@ -1,9 +1,51 @@
 """The Dagster code location (`workspace.yaml`, `dagster dev`, `dg dev` all load this module).
 
-The reader and the destinations are pure parts with no Dagster in them; the sensors, partitioned assets
-and asset checks that wire them together join these definitions as they are built.
+Everything is built from the pipeline configuration (``cdc_assets.config``): a stream asset and a sensor
+per Cassandra node, a staged asset per captured table, and an asset per table in each configured
+destination, all on the one hourly partitioning.
 """
+
+from __future__ import annotations
 
 import dagster as dg
 
-defs = dg.Definitions()
+from cdc_assets.config import PipelineConfig, load_config
+from cdc_assets.defs.cassandra.assets import cassandra_assets
+from cdc_assets.defs.cassandra.schema import captured_tables, load_registry
+from cdc_assets.defs.cassandra.sensors import node_sensors
+from cdc_assets.defs.clickhouse.resources import ClickHouseResource
+from cdc_assets.defs.loads import destination_assets
+from cdc_assets.defs.postgres.resources import PostgresResource
+from cdc_assets.defs.timescale.resources import TimescaleResource
+
+
+def destination_resources(config: PipelineConfig) -> dict[str, dg.ConfigurableResource]:
+    """A resource per configured destination, keyed by its name."""
+    dead_letters = str(config.dead_letters)
+    destinations = config.destinations
+    resources: dict[str, dg.ConfigurableResource] = {}
+    if destinations.postgres is not None:
+        resources["postgres"] = PostgresResource(dead_letters=dead_letters, **destinations.postgres.model_dump())
+    if destinations.clickhouse is not None:
+        resources["clickhouse"] = ClickHouseResource(dead_letters=dead_letters, **destinations.clickhouse.model_dump())
+    if destinations.timescaledb is not None:
+        resources["timescaledb"] = TimescaleResource(dead_letters=dead_letters, **destinations.timescaledb.model_dump())
+    return resources
+
+
+def build_definitions(config: PipelineConfig) -> dg.Definitions:
+    """The code location for ``config``."""
+    registry = load_registry(config.schema)
+    tables = captured_tables(config, registry)
+    assets = [cassandra_assets(config, registry, tables)]
+    assets += [destination_assets(config, tables, name) for name in config.destinations.names]
+    return dg.Definitions(
+        assets=assets,
+        sensors=node_sensors(config, tables),
+        resources=destination_resources(config),
+        # Latency: a micro-batch's three steps in one process finish in ~5 s, in separate ones in ~14 s.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(load_config())

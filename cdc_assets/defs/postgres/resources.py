@@ -1,0 +1,26 @@
+"""The PostgreSQL destination as a Dagster resource."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cdc_assets.dead_letters import DeadLetterStore
+from cdc_assets.defs.resources import dsn_from_environment
+from cdc_assets.destinations.postgres import PostgresDestination
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """A PostgreSQL server whose DSN is in the environment variable ``dsn_env``."""
+
+    dsn_env: str
+    schema_prefix: str = ""
+    piece_changes: int = 32_768
+    dead_letters: str
+
+    def open(self) -> PostgresDestination:
+        return PostgresDestination(
+            dsn_from_environment(self.dsn_env, "postgres"),
+            self.schema_prefix,
+            dead_letters=DeadLetterStore(self.dead_letters),
+            piece_changes=self.piece_changes,
+        )
