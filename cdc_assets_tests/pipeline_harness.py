@@ -23,6 +23,7 @@ from cdc_assets.change_batch import build_change_batch
 from cdc_assets.commitlog.generator import Workload, generate
 from cdc_assets.config import PipelineConfig, load_config
 from cdc_assets.definitions import build_definitions
+from cdc_assets.defs.keys import destination_key
 from cdc_assets.destinations.model import CassandraModel
 
 SHOP_CQL = Path(__file__).resolve().parents[1] / "cdc_assets" / "demo" / "shop.cql"
@@ -80,11 +81,12 @@ class Pipeline:
         assert len(requests) <= 1
         return requests[0] if requests else None
 
-    def execute(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    def execute(self, request: dg.RunRequest, partition: str | None = None) -> dg.ExecuteInProcessResult:
+        """Run what ``request`` asks for (in window ``partition`` instead of the present hour, when given)."""
         job = self.defs.resolve_implicit_global_asset_job_def()
         result = job.execute_in_process(
             instance=self.instance,
-            partition_key=request.partition_key,
+            partition_key=partition or request.partition_key,
             asset_selection=list(request.asset_selection or []),
             tags={**request.tags, "dagster/run_key": request.run_key},
             raise_on_error=False,
@@ -92,13 +94,13 @@ class Pipeline:
         self.results.append(result)
         return result
 
-    def drain(self, max_runs: int = 50) -> int:
+    def drain(self, max_runs: int = 50, partition: str | None = None) -> int:
         """Tick and run until the sensor has nothing more to request; returns how many runs ran."""
         for runs in range(max_runs):
             request = self.tick()
             if request is None:
                 return runs
-            self.execute(request)
+            self.execute(request, partition)
         raise AssertionError(f"the sensor still requested runs after {max_runs}")
 
     def expected(self, table: str, now: dt.datetime = NOW) -> list[dict[str, Any]]:
@@ -117,6 +119,19 @@ class Pipeline:
             return target.current_state(self.tables[table], now=now)
         finally:
             target.close()
+
+    def backfill(self, destination: str, first: str, last: str) -> dg.ExecuteInProcessResult:
+        """Rebuild windows ``first`` … ``last`` in ``destination``, as a single-run backfill launched from the UI
+        or ``launchPartitionBackfill`` runs: the destination's assets over a partition range, no node tag."""
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(
+            instance=self.instance,
+            asset_selection=[destination_key(destination, t) for t in self.tables],
+            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+            raise_on_error=False,
+        )
+        self.results.append(result)
+        return result
 
 
 def open_pipeline(config_path: Path, instance: dg.DagsterInstance) -> Pipeline:

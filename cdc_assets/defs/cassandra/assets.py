@@ -25,6 +25,8 @@ from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.defs.keys import CASSANDRA, FRONTIER, POSITION, staged_key, stream_key
 from cdc_assets.defs.ledger import Committed, committed_stream
 from cdc_assets.defs.partitions import hourly
+from cdc_assets.defs.workers import WORKER_TAG, worker_tag
+from cdc_assets.destinations.base import DestinationError
 from cdc_assets.masking import mask_batch
 from cdc_assets.staging import StagedRange, StagedTable, position_text, stage_range
 
@@ -155,6 +157,7 @@ def cassandra_assets(
                 allow_retries=False,
             )
         node = selected[0]
+        context.instance.add_run_tags(context.run_id, {WORKER_TAG: worker_tag()})
         started = time.perf_counter()
         with node_lock(config.staging.path, node.name):
             committed = committed_stream(context.instance, node.name)
@@ -192,19 +195,26 @@ def _recover(
 ) -> Committed:
     """Where to resume when Dagster holds no position: the least any destination's load ledger has of the node.
 
-    On a fresh install every ledger is empty and the stream starts at the beginning of cdc_raw.
+    On a fresh install every ledger is empty and the stream starts at the beginning of cdc_raw. A destination
+    that cannot be asked is left out: what it misses before the recovered position is in the staged ranges,
+    which it loads once it is back (its own consumed positions are gone too, so it loads every staged range).
     """
     positions = []
     for name in config.destinations.names:
         destination = getattr(context.resources, name).open()
         try:
             found = destination.ledger_position(list(tables.values()), f"{node}/")
+        except DestinationError as error:
+            context.log.warning(f"{node}: {name}'s load ledger cannot be read to recover the position: {error}")
+            continue
         finally:
             destination.close()
         context.log.info(f"{node}: no committed position in Dagster's storage; {name}'s load ledger has {found}")
         if found is None:
             return Committed(None, None)
         positions.append(Position(*found))
+    if not positions:
+        return Committed(None, None)
     recovered = min(positions)
     context.log.warning(f"{node}: resuming from {recovered}, recovered from the destinations' load ledgers")
     return Committed(recovered, recovered)

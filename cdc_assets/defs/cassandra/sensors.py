@@ -25,6 +25,7 @@ from cdc_assets.config import NodeConfig, PipelineConfig
 from cdc_assets.defs.keys import CHDB_TAG, FROM_TAG, NODE_TAG, destination_key, staged_key, stream_key
 from cdc_assets.defs.ledger import Committed, committed_stream, consumed
 from cdc_assets.defs.partitions import current_partition
+from cdc_assets.defs.workers import WORKER_TAG, worker_alive
 from cdc_assets.staging import position_key, position_text
 
 START = "start"
@@ -93,11 +94,15 @@ def poll_node(
 ) -> dg.RunRequest | dg.SkipReason:
     """One tick of ``node``'s sensor: a run request for its next range, or why there is none."""
     now = time.time() if now is None else now
-    running = instance.get_run_records(
-        dg.RunsFilter(tags={NODE_TAG: node.name}, statuses=list(IN_PROGRESS_RUN_STATUSES)), limit=1
-    )
-    if running:
-        return dg.SkipReason(f"run {running[0].dagster_run.run_id} of {node.name} is still in progress")
+    for record in instance.get_run_records(
+        dg.RunsFilter(tags={NODE_TAG: node.name}, statuses=list(IN_PROGRESS_RUN_STATUSES))
+    ):
+        run = record.dagster_run
+        worker = run.tags.get(WORKER_TAG)
+        if worker is not None and worker_alive(worker) is False:
+            instance.report_run_failed(run, message=f"its worker process ({worker}) is gone: the range is read again")
+            continue
+        return dg.SkipReason(f"run {run.run_id} of {node.name} is still in progress")
     if not node.cdc_raw.is_dir():
         return dg.SkipReason(f"{node.name}: cdc_raw {node.cdc_raw} does not exist (yet)")
 
