@@ -272,15 +272,20 @@ def list_ranges(
     return sorted(found, key=lambda r: (r.node, position_key(r.after)))
 
 
-def prune_ranges(root: str | os.PathLike[str], *, older_than: float, keep: Iterable[StagedRange] = ()) -> int:
-    """Delete ranges staged before ``older_than`` (epoch seconds), except those in ``keep``; returns how many."""
-    kept = {r.directory for r in keep}
+def prune_ranges(root: str | os.PathLike[str], node: str, *, before: str, consumed: Position | None) -> int:
+    """Delete ``node``'s ranges staged in windows before partition key ``before`` that every destination has
+    consumed (they start before ``consumed``); returns how many. Reads directory names only: cheap each tick."""
+    node_dir = Path(root) / node
+    if consumed is None or not node_dir.is_dir():
+        return 0
     removed = 0
-    for staged in list_ranges(root):
-        if staged.staged_at < older_than and staged.directory not in kept:
-            shutil.rmtree(staged.directory, ignore_errors=True)
-            removed += 1
-    for empty in Path(root).glob("*/*"):
-        if empty.is_dir() and not any(empty.iterdir()):
-            empty.rmdir()
+    for partition_dir in node_dir.iterdir():
+        if partition_dir.name.startswith(".") or partition_dir.name >= before:
+            continue
+        for directory in partition_dir.iterdir():
+            if position_key(parse_position_name(directory.name)) < position_key(consumed):
+                shutil.rmtree(directory, ignore_errors=True)
+                removed += 1
+        if not any(partition_dir.iterdir()):
+            partition_dir.rmdir()
     return removed

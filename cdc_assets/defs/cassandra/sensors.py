@@ -11,6 +11,7 @@ Each tick (DESIGN.md section 7 for the traps it avoids):
 - segments every destination has consumed entirely leave cdc_raw (housekeeping), so it never fills up.
 """
 
+import datetime as dt
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from cdc_assets.defs.keys import CHDB_TAG, FROM_TAG, NODE_TAG, destination_key, 
 from cdc_assets.defs.ledger import Committed, committed_stream, consumed
 from cdc_assets.defs.partitions import current_partition
 from cdc_assets.defs.workers import WORKER_TAG, worker_alive
-from cdc_assets.staging import position_key, position_text
+from cdc_assets.staging import position_key, position_text, prune_ranges
 
 START = "start"
 _FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -109,6 +110,13 @@ def poll_node(
     committed = committed_stream(instance, node.name)
     least, behind = least_consumed(instance, config, node.name, tables)
     removed = remove_consumed_segments(node, least.frontier if least else None)
+    retention = dt.timedelta(hours=config.staging.retention_hours)
+    prune_ranges(
+        config.staging.path,
+        node.name,
+        before=current_partition(dt.datetime.fromtimestamp(now, dt.UTC) - retention),
+        consumed=least.position if least else None,
+    )
 
     durable = durable_frontier(list_cdc_segments(node.cdc_raw))
     grown = durable is not None and (committed is None or position_key(durable) > position_key(committed.frontier))
