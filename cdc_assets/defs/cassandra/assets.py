@@ -19,6 +19,7 @@ import dagster as dg
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
 from cdc_assets.commitlog.cdc_dir import DurableRead, cdc_raw_usage, read_durable
+from cdc_assets.commitlog.errors import SegmentVanishedError
 from cdc_assets.commitlog.reader import CommitLogReader, Position
 from cdc_assets.config import NodeConfig, PipelineConfig
 from cdc_assets.dead_letters import DeadLetterStore
@@ -223,15 +224,24 @@ def _recover(
 def _report_problems(
     context: dg.AssetExecutionContext, node: NodeConfig, read: DurableRead, committed: Committed
 ) -> None:
-    """Problems in the log are logged; a read that cannot get past one fails, so the range is retried, never skipped."""
+    """A damaged segment stops the node's stream at its committed position, with the file, byte and reason.
+
+    Nothing past the damage is staged or committed: the range is requested again (with backoff) and never
+    skipped, until the segment is repaired or moved aside. A segment that vanished before it was read
+    (Cassandra 4.1+ dropping CDC data when cdc_raw is full) cannot come back: it is reported, and reading goes on.
+    """
     problems = read.result.stats.problems
-    for problem in problems:
-        context.log.warning(f"{node.name}: {problem}")
-    stuck = read.frontier == committed.frontier and read.position == committed.position
-    if problems and stuck:
+    vanished = [p for p in problems if isinstance(p, SegmentVanishedError)]
+    for problem in vanished:
+        context.log.error(f"{node.name}: {problem}")
+    damaged = [p for p in problems if not isinstance(p, SegmentVanishedError)]
+    if damaged:
         raise dg.Failure(
-            description=f"{node.name}: cannot read past {_position(committed.position)}: {problems[0]}",
-            metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems))},
+            description=(
+                f"{node.name}: the durable log after {_position(committed.position)} is damaged; nothing past it "
+                f"is committed until the segment is repaired or moved aside: {damaged[0]}"
+            ),
+            metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in damaged))},
         )
 
 
