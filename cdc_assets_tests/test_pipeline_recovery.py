@@ -7,6 +7,7 @@ the generator's ground truth, and every load id is recorded once.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from cdc_assets.commitlog.reader import Position
 from cdc_assets.defs.cassandra.sensors import poll_node
 from cdc_assets.defs.keys import NODE_TAG, stream_key
 from cdc_assets.defs.ledger import committed_stream, consumed
+from cdc_assets.defs.partitions import current_partition
 from cdc_assets.staging import list_ranges
 from cdc_assets_tests.chdb_fixture import fresh_prefix
 from cdc_assets_tests.pipeline_harness import TABLES, Pipeline, open_pipeline, write_config
@@ -155,10 +157,12 @@ def test_a_backfill_of_two_windows_rebuilds_them_in_one_destination(
     prefix = fresh_prefix()
     destinations["clickhouse"] = {"dsn_env": "CDC_TEST_CH", "database_prefix": prefix}
     pipeline = open_pipeline(write_config(tmp_path, destinations), instance)
+    now = dt.datetime.now(dt.UTC)
+    first, second = (current_partition(now - dt.timedelta(hours=h)) for h in (2, 1))
     pipeline.write(700, seed=31)
-    pipeline.drain(partition="2026-12-01-10:00")
+    pipeline.drain(partition=first)
     pipeline.write(700, seed=32)
-    pipeline.drain(partition="2026-12-01-11:00")
+    pipeline.drain(partition=second)
     everything = ("postgres", "clickhouse", "timescaledb")
     assert_converged(pipeline, everything)
     positions = {d: consumed(instance, d, "shop.orders") for d in everything}
@@ -172,10 +176,10 @@ def test_a_backfill_of_two_windows_rebuilds_them_in_one_destination(
     assert pipeline.current("postgres", "shop.orders") == []
 
     for destination in ("postgres", "clickhouse"):
-        rebuilt = pipeline.backfill(destination, "2026-12-01-10:00", "2026-12-01-11:00")
+        rebuilt = pipeline.backfill(destination, first, second)
         assert rebuilt.success
         materialized = rebuilt.get_asset_materialization_events()
-        assert {e.partition for e in materialized} == {"2026-12-01-10:00", "2026-12-01-11:00"}
+        assert {e.partition for e in materialized} == {first, second}
     assert_converged(pipeline, everything)
     # A backfill never moves what the live flow has consumed.
     assert {d: consumed(instance, d, "shop.orders") for d in everything} == positions

@@ -39,7 +39,8 @@ class TableLoad:
     """What one step loaded of one table, for the asset's metadata."""
 
     table: str
-    ranges: list[tuple[StagedRange, LoadResult]] = field(default_factory=list)
+    #: Each range loaded, with the load id the destination's ledger holds it under.
+    ranges: list[tuple[StagedRange, str]] = field(default_factory=list)
     consumed: Committed | None = None
     error: Exception | None = None
     failed_load_id: str | None = None
@@ -89,7 +90,7 @@ def load_ranges(
                 outcome.error = error
                 outcome.failed_load_id = identifier
                 break
-            outcome.ranges.append((staged, result))
+            outcome.ranges.append((staged, identifier))
             if log is not None:
                 log.info(
                     f"{destination.name}: loaded {identifier} ({staged_table.changes:,} changes) "
@@ -110,6 +111,7 @@ def load_metadata(outcome: TableLoad, loaded_at: float) -> dict[str, Any]:
         "changes by kind": dg.MetadataValue.md(kinds_markdown([(outcome.table, kinds, sizes)])),
         "bytes": dg.MetadataValue.int(sizes),
         "ranges loaded": dg.MetadataValue.int(len(outcome.ranges)),
+        "load ids": dg.MetadataValue.json([identifier for _, identifier in outcome.ranges]),
         "dead letters": dg.MetadataValue.int(outcome.dead_letters),
         "duration (s)": dg.MetadataValue.float(round(outcome.seconds, 3)),
     }
@@ -125,11 +127,13 @@ def load_metadata(outcome: TableLoad, loaded_at: float) -> dict[str, Any]:
         metadata["lag, newest change (s)"] = dg.MetadataValue.float(round(loaded_at - max(newest) / 1e6, 3))
         metadata["lag, oldest change (s)"] = dg.MetadataValue.float(round(loaded_at - min(oldest) / 1e6, 3))
     if outcome.ranges:
-        rows = ["| node | window | range | changes |", "|---|---|---|---|"]
-        for staged, _ in outcome.ranges[-_MAX_LISTED:]:
+        rows = ["| load id | window | range | changes |", "|---|---|---|---|"]
+        for staged, identifier in outcome.ranges[-_MAX_LISTED:]:
             count = staged.tables[outcome.table].changes if outcome.table in staged.tables else 0
             span = f"{position_text(staged.after) or 'start'} → {position_text(staged.position) or 'start'}"
-            rows.append(f"| {staged.node} | {staged.partition} | {span} | {count:,} |")
+            rows.append(f"| `{identifier}` | {staged.partition} | {span} | {count:,} |")
+        if len(outcome.ranges) > _MAX_LISTED:
+            rows.append(f"| … and {len(outcome.ranges) - _MAX_LISTED} earlier | | | |")
         metadata["staged ranges"] = dg.MetadataValue.md("\n".join(rows))
     return metadata
 
