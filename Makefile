@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The Dagster webserver's port for `make run` (make run PORT=3001).
+PORT ?= 3000
 
-.PHONY: install run test lint format bench-decode bench-load bench-copy clean
+.PHONY: install run test lint format bench-decode bench-load bench-copy bench-e2e clean
 
 $(STAMP): pyproject.toml setup.py cdc_assets/commitlog/_mutation_accel.c
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml setup.py cdc_assets/commitlog/_mutation_accel.c
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/cdc-assets demo --cdc-raw var/cdc_raw
+	$(BIN)/cdc-assets run --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cdc_assets cdc_assets_tests benchmarks
@@ -37,6 +39,10 @@ bench-load: $(STAMP)
 
 bench-copy: $(STAMP)
 	$(BIN)/python benchmarks/bench_pg_binary.py
+
+# make bench-e2e ARGS="--rate 20000 --seconds 180" (benchmarks/bench_e2e.py --help lists the options)
+bench-e2e: $(STAMP)
+	$(BIN)/python benchmarks/bench_e2e.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

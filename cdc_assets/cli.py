@@ -35,10 +35,16 @@ def _build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--from", dest="start", metavar="SEGMENT_ID:OFFSET", help="resume strictly after this position")
     dump.set_defaults(run=_run_dump)
 
-    demo = commands.add_parser("demo", help="generate a workload into a local cdc_raw and decode it")
-    demo.add_argument("--cdc-raw", default="var/cdc_raw", help="directory to write segments into")
-    demo.add_argument("--mutations", type=int, default=20_000)
-    demo.set_defaults(run=_run_demo)
+    run = commands.add_parser(
+        "run",
+        help="start PostgreSQL, a generated workload and dagster dev until Ctrl-C (make run)",
+        description="The whole pipeline on this machine: a private PostgreSQL, the in-process ClickHouse engine, "
+        "a workload generator writing CDC segments, and dagster dev. Ctrl-C stops everything.",
+    )
+    run.add_argument("--port", type=int, default=3000, help="port of the Dagster webserver (default %(default)s)")
+    run.add_argument("--home", default="var", metavar="DIR", help="directory of all its state, kept between runs")
+    run.add_argument("--rate", type=float, default=2000.0, metavar="R", help="generated writes per second")
+    run.set_defaults(run=_run_run)
 
     from cdc_assets.commitlog.generator.cli import register
 
@@ -65,10 +71,10 @@ def _run_dump(args: argparse.Namespace) -> int:
     return dump(CommitLogReader(registry, keys=keys), args.targets, after=start)
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    from cdc_assets.demo import run_demo
+def _run_run(args: argparse.Namespace) -> int:
+    from cdc_assets.devstack import run
 
-    return run_demo(args.cdc_raw, args.mutations)
+    return run(args.home, args.port, args.rate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
