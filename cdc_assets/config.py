@@ -17,7 +17,7 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -164,6 +164,76 @@ class StagingConfig(_Strict):
     retention_hours: float = Field(default=168, gt=0)
 
 
+class Expectation(_Strict):
+    """One Great Expectations 1.x expectation added to a table's suite: its name and keyword arguments."""
+
+    expectation: str = Field(pattern=r"^expect_[a-z0-9_]+$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class LagThresholds(_Strict):
+    """Lag from a change's write time to its visibility in a destination: WARN and ERROR above these."""
+
+    warn_seconds: float = Field(default=60, gt=0)
+    error_seconds: float = Field(default=300, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LagThresholds:
+        if self.error_seconds < self.warn_seconds:
+            raise ValueError("error_seconds must be at least warn_seconds")
+        return self
+
+
+class ChecksConfig(_Strict):
+    """Asset checks: what the blocking batch validation accepts, and the thresholds of the others."""
+
+    #: Tables whose dead letters are accepted: listed and reported, but they do not fail the batch check.
+    accept_dead_letters: list[str] = Field(default_factory=list)
+    #: Expectations added to each table's default suite, by ``keyspace.table``.
+    expectations: dict[str, list[Expectation]] = Field(default_factory=dict)
+    lag: LagThresholds = Field(default_factory=LagThresholds)
+    #: Per destination, overriding ``lag``.
+    destination_lag: dict[Literal["postgres", "clickhouse", "timescaledb"], LagThresholds] = Field(default_factory=dict)
+    cdc_raw_warn_share: float = Field(default=0.5, gt=0, le=1)
+    cdc_raw_error_share: float = Field(default=0.8, gt=0, le=1)
+    #: A node whose durable log has grown but whose committed position has not moved for this long has stalled.
+    stalled_after_seconds: float = Field(default=600, gt=0)
+
+    @model_validator(mode="after")
+    def _shares_ordered(self) -> ChecksConfig:
+        if self.cdc_raw_error_share < self.cdc_raw_warn_share:
+            raise ValueError("cdc_raw_error_share must be at least cdc_raw_warn_share")
+        return self
+
+    def lag_for(self, destination: str) -> LagThresholds:
+        return self.destination_lag.get(destination, self.lag)  # type: ignore[call-overload]
+
+
+class SlackConfig(_Strict):
+    token_env: str = Field(default="CDC_ALERT_SLACK_TOKEN", pattern=_ENV)
+    channel_env: str = Field(default="CDC_ALERT_SLACK_CHANNEL", pattern=_ENV)
+    #: Slack's API base URL; a test points it at a local server.
+    base_url: str = "https://slack.com/api/"
+
+
+class EmailConfig(_Strict):
+    #: ``smtp://user:password@host:port`` (or ``smtps://``), from the environment only.
+    smtp_url_env: str = Field(default="CDC_ALERT_SMTP_URL", pattern=_ENV)
+    to_env: str = Field(default="CDC_ALERT_EMAIL_TO", pattern=_ENV)
+    sender: str = "cdc-assets@localhost"
+
+
+class AlertsConfig(_Strict):
+    """Where failed checks and runs are announced. A channel is on when its environment variables are set."""
+
+    webhook_url_env: str = Field(default="CDC_ALERT_WEBHOOK_URL", pattern=_ENV)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    email: EmailConfig = Field(default_factory=EmailConfig)
+    #: Where the Dagster UI is reached, for the run links in alerts.
+    ui_url: str = "http://127.0.0.1:3000"
+    min_interval_seconds: int = Field(default=10, ge=1)
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline: nodes, schema, tables, destinations, masking, bounds, staging, retries."""
 
@@ -176,6 +246,8 @@ class PipelineConfig(_Strict):
     retries: RetryConfig = Field(default_factory=RetryConfig)
     staging: StagingConfig = Field(default_factory=StagingConfig)
     dead_letters: Path = Path("var/dead_letters.jsonl")
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
@@ -28,8 +29,20 @@ from cdc_assets.defs.ledger import Committed, committed_stream
 from cdc_assets.defs.partitions import hourly
 from cdc_assets.defs.workers import WORKER_TAG, worker_tag
 from cdc_assets.destinations.base import DestinationError
-from cdc_assets.masking import mask_batch
+from cdc_assets.masking import mask_batch, masked_table
 from cdc_assets.staging import StagedRange, StagedTable, position_text, stage_range
+from cdc_assets.validation import (
+    BATCH_CHECKS,
+    KEYS_NOT_NULL,
+    NO_DEAD_LETTERS,
+    POSITIONS_CONTINUE,
+    SCHEMA_MATCHES,
+    Finding,
+    keys_not_null,
+    no_dead_letters,
+    positions_continue,
+    schema_matches,
+)
 
 
 @contextmanager
@@ -97,13 +110,48 @@ class StreamReader:
             max_bytes=self.config.micro_batch.max_bytes,
         )
 
-    def stage(self, node: NodeConfig, partition: str, read: DurableRead) -> StagedRange:
-        batches = {}
-        for name, batch in read.result.batches.items():
-            if name not in self.tables:
-                continue
-            table = read.result.tables[name]
-            batches[name] = mask_batch(table, batch, self.config.masking)
+    def mask(self, read: DurableRead) -> dict[str, tuple[TableSchema, pa.RecordBatch]]:
+        """The captured tables' batches, masked: what is validated, staged and loaded."""
+        return {
+            name: mask_batch(read.result.tables[name], batch, self.config.masking)
+            for name, batch in read.result.batches.items()
+            if name in self.tables
+        }
+
+    def validate(
+        self, node: NodeConfig, committed: Committed, read: DurableRead, batches: Mapping[str, tuple[TableSchema, Any]]
+    ) -> dict[dg.AssetKey, list[Finding]]:
+        """The blocking checks of the range (on the stream asset) and of each table's batch (on its staged asset)."""
+        letters = read.result.stats.dead_letters
+        accepted = set(self.config.checks.accept_dead_letters)
+        continuity = positions_continue(committed.position, read.after, read.position, None)
+        elsewhere = [letter for letter in letters if letter.table not in self.tables]
+        findings = {stream_key(node.name): [continuity, no_dead_letters(elsewhere, accepted=False)]}
+        for name, captured in self.tables.items():
+            table, batch = batches.get(name, (self.masked_schema(captured), None))
+            own = [letter for letter in letters if letter.table == name]
+            checks = [no_dead_letters(own, accepted=name in accepted)]
+            if batch is not None:
+                checks += [
+                    schema_matches(table, batch),
+                    keys_not_null(table, batch),
+                    positions_continue(committed.position, read.after, read.position, batch),
+                ]
+            else:
+                checks += [
+                    Finding(SCHEMA_MATCHES, True, "no change of this table in the range"),
+                    Finding(KEYS_NOT_NULL, True, "no change of this table in the range"),
+                    Finding(POSITIONS_CONTINUE, continuity.passed, continuity.description, continuity.details),
+                ]
+            findings[staged_key(name)] = checks
+        return findings
+
+    def masked_schema(self, table: TableSchema) -> TableSchema:
+        return masked_table(table, self.config.masking.masks_for(table))
+
+    def stage(
+        self, node: NodeConfig, partition: str, read: DurableRead, batches: Mapping[str, tuple[TableSchema, Any]]
+    ) -> StagedRange:
         return stage_range(
             self.config.staging.path, node.name, partition, read.after, read.position, read.frontier, batches
         )
@@ -119,6 +167,7 @@ def cassandra_assets(
             group_name=CASSANDRA,
             kinds={CASSANDRA},
             partitions_def=hourly,
+            skippable=True,
             description=(
                 f"What has been read from node {node.name}'s cdc_raw ({node.cdc_raw}); the latest "
                 "materialization holds the stream's committed position."
@@ -133,20 +182,31 @@ def cassandra_assets(
             kinds={CASSANDRA},
             partitions_def=hourly,
             deps=[spec.key for spec in stream_specs],
+            skippable=True,
             description=f"Change batches of Cassandra table {name}, staged as Arrow IPC for loads and backfills.",
         )
         for name in tables
     ]
     streams = StreamReader(config, registry, tables)
+    check_specs = [
+        dg.AssetCheckSpec(check, asset=spec.key, blocking=True, description=CHECK_DESCRIPTIONS[check])
+        for spec in stream_specs
+        for check in (POSITIONS_CONTINUE, NO_DEAD_LETTERS)
+    ] + [
+        dg.AssetCheckSpec(check, asset=spec.key, blocking=True, description=CHECK_DESCRIPTIONS[check])
+        for spec in staged_specs
+        for check in BATCH_CHECKS
+    ]
 
     @dg.multi_asset(
         name="read_cdc_raw",
         specs=[*stream_specs, *staged_specs],
+        check_specs=check_specs,
         can_subset=True,
         partitions_def=hourly,
         required_resource_keys=set(config.destinations.names),
     )
-    def read_cdc_raw(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
+    def read_cdc_raw(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         selected = [node for node in config.nodes if stream_key(node.name) in context.selected_asset_keys]
         if len(selected) != 1:
             raise dg.Failure(
@@ -167,11 +227,20 @@ def cassandra_assets(
             read = streams.read(node, committed.position)
             stats = read.result.stats
             _report_problems(context, node, read, committed)
+            batches = streams.mask(read)
+            findings = streams.validate(node, committed, read, batches)
+            blocked = [(key, f) for key, checks in findings.items() for f in checks if not f.passed]
+            if blocked:
+                # Nothing is staged or committed: no warehouse can load the batch, and the range is read again.
+                for key, finding in blocked:
+                    context.log.error(f"{key.to_user_string()} {finding.check}: {finding.description}")
+                yield from _check_results(context, findings)
+                return
             if stats.dead_letters:
                 store = DeadLetterStore(config.dead_letters)
                 for letter in stats.dead_letters:
                     store.append(letter)
-            staged = streams.stage(node, context.partition_key, read)
+            staged = streams.stage(node, context.partition_key, read, batches)
         seconds = time.perf_counter() - started
         context.log.info(
             f"{node.name}: read {_position(read.after)} → {_position(read.position)}: {stats.mutations:,} "
@@ -187,8 +256,40 @@ def cassandra_assets(
                 yield dg.MaterializeResult(
                     asset_key=staged_key(name), metadata=staged_table_metadata(staged, staged.tables.get(name))
                 )
+        yield from _check_results(context, findings)
 
     return read_cdc_raw
+
+
+CHECK_DESCRIPTIONS = {
+    SCHEMA_MATCHES: "The staged batch has the change-batch schema of the table's current definition (blocking).",
+    KEYS_NOT_NULL: "Every change carries its partition key, every row change its clustering key (blocking).",
+    POSITIONS_CONTINUE: "The range starts at the committed position: no gap, no overlap (blocking).",
+    NO_DEAD_LETTERS: (
+        "Changes set aside while reading, listed with file, position and reason; they block the range unless "
+        "checks.accept_dead_letters names the table (blocking)."
+    ),
+}
+
+
+def _check_results(
+    context: dg.AssetExecutionContext, findings: Mapping[dg.AssetKey, list[Finding]]
+) -> Iterator[dg.AssetCheckResult]:
+    for key, checks in findings.items():
+        for finding in checks:
+            if dg.AssetCheckKey(key, finding.check) not in context.selected_asset_check_keys:
+                continue
+            metadata: dict[str, Any] = {}
+            if finding.details:
+                metadata["details"] = dg.MetadataValue.md("\n".join(f"- {line}" for line in finding.details))
+            yield dg.AssetCheckResult(
+                asset_key=key,
+                check_name=finding.check,
+                passed=finding.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=finding.description,
+                metadata=metadata,
+            )
 
 
 def _recover(
