@@ -41,6 +41,7 @@ from psycopg import sql
 from cdc_assets.commitlog.cdc_dir import COMPLETED, list_cdc_segments
 from cdc_assets.config import CONFIG_ENV, DEFAULT_FILE
 from cdc_assets.defs.keys import CHDB_TAG, NODE_TAG
+from cdc_assets.defs.workers import proc_stat
 
 # Where the repository's cdc_assets.yaml keeps its state (its paths are relative to the repository root).
 REPOSITORY_HOME = "var"
@@ -168,11 +169,8 @@ def free_port(preferred: int | None = None) -> int:
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs; a zombie does not (a container's init may never reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 class PostgresServer:
@@ -490,7 +488,8 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 within two seconds."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
@@ -599,7 +598,7 @@ def _start_and_supervise(home: DevHome, port: int, rate: float, stack: ExitStack
     _supervise(
         [generator, webserver],
         postgres,
-        ready=lambda: _answers(f"http://127.0.0.1:{port}/server_info"),
+        ready=lambda: answers(f"http://127.0.0.1:{port}/server_info"),
         banner=(
             f"cdc_assets: open http://127.0.0.1:{port} (PostgreSQL on 127.0.0.1:{postgres.port}; "
             f"cdc_raw {_shown(home.cdc_raw)}; Ctrl-C stops everything)"

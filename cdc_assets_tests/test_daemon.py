@@ -98,23 +98,23 @@ def wait_until_loaded(pipeline: Pipeline, home: Path, timeout: float = 150) -> N
         time.sleep(1)
 
 
-def test_the_daemon_loads_every_destination_and_resumes_after_a_restart(pipeline: Pipeline, home: Path) -> None:
-    pipeline.write(1200, seed=71)
+def run_daemon_until_loaded(pipeline: Pipeline, home: Path) -> None:
     daemon = start_daemon(home)
     try:
         wait_until_loaded(pipeline, home)
     finally:
         stop_daemon(daemon)
+
+
+def test_the_daemon_loads_every_destination_and_resumes_after_a_restart(pipeline: Pipeline, home: Path) -> None:
+    pipeline.write(1200, seed=71)
+    run_daemon_until_loaded(pipeline, home)
     first_runs = pipeline.instance.get_runs()
     assert first_runs and all(run.status == dg.DagsterRunStatus.SUCCESS for run in first_runs)
 
     # Written while no daemon ran; the restarted one resumes from the committed position.
     pipeline.write(1200, seed=72)
-    daemon = start_daemon(home)
-    try:
-        wait_until_loaded(pipeline, home)
-    finally:
-        stop_daemon(daemon)
+    run_daemon_until_loaded(pipeline, home)
     runs = pipeline.instance.get_runs()
     assert len(runs) > len(first_runs)
     assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)

@@ -11,8 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,10 @@ from cdc_assets.commitlog.generator import SegmentWriter, Workload, generate, re
 from cdc_assets.commitlog.reader import CommitLogReader
 from cdc_assets.config import CONFIG_ENV, load_config
 from cdc_assets.defs.keys import CHDB_TAG, NODE_TAG
+from cdc_assets.defs.workers import proc_stat
 from cdc_assets.devstack import (
     PostgresServer,
+    answers,
     fail_interrupted_runs,
     free_port,
     seal_abandoned_segments,
@@ -155,14 +155,6 @@ def test_segments_a_stopped_generator_left_open_no_longer_hold_back_the_next_run
 # -- the whole stack --------------------------------------------------------------------------------------------
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _environment(pid: int) -> dict[str, str]:
     pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
@@ -179,11 +171,8 @@ def _child(pid: int, marker: bytes) -> int:
 
 
 def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -231,7 +220,7 @@ def stack(home: Path) -> Iterator[RunningStack]:
     running = RunningStack(process, state, log)
     try:
         _wait_for(
-            lambda: process.poll() is not None or _answers(f"http://127.0.0.1:{port}/server_info"),
+            lambda: process.poll() is not None or answers(f"http://127.0.0.1:{port}/server_info"),
             90,
             "the Dagster webserver did not answer",
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 WORKER_TAG = "cdc/worker"
 
 
-def _stat(pid: int) -> tuple[str, str] | None:
+def proc_stat(pid: int) -> tuple[str, str] | None:
     """The process's state and start time in clock ticks since boot (fields 3 and 22 of /proc/PID/stat)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -30,7 +30,7 @@ def _stat(pid: int) -> tuple[str, str] | None:
 def worker_tag() -> str:
     """This process as a run worker: ``host:pid:start``."""
     pid = os.getpid()
-    stat = _stat(pid)
+    stat = proc_stat(pid)
     return f"{socket.gethostname()}:{pid}:{stat[1] if stat else ''}"
 
 
@@ -49,7 +49,7 @@ def worker_alive(tag: str) -> bool | None:
         return False
     except PermissionError:
         pass
-    stat = _stat(pid)
+    stat = proc_stat(pid)
     if stat is None:
         return True
     state, ticks = stat
