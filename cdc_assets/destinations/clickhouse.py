@@ -45,7 +45,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -73,7 +73,7 @@ from cdc_assets.destinations.ch_types import (
     reconcile_key_sql,
     to_clickhouse_arrow,
 )
-from cdc_assets.destinations.model import canonical_rows, raw_type
+from cdc_assets.destinations.model import canonical_rows, key_component, raw_type, row_sort_key
 
 DEFAULT_DSN = "chdb://memory"
 
@@ -529,17 +529,32 @@ class ClickHouseDestination:
                 )
         return max((int(segment), int(position)) for segment, position in found) if found else None
 
-    def current_state(self, table: TableSchema, *, now: Any = None) -> list[dict[str, Any]]:
-        """The rows ``SELECT * FROM ks.table`` returns at ``now`` (datetime or epoch seconds; default: now)."""
+    def current_state(
+        self, table: TableSchema, *, now: Any = None, keys: Collection[Sequence[Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The rows ``SELECT * FROM ks.table`` returns at ``now`` (datetime or epoch seconds; default: now).
+
+        ``keys`` (partition key values in canonical form, in partition key order) keeps only those partitions,
+        narrowed in the query on the key columns of plain types, for the reconciliation of a window.
+        """
         with self._lock:
             layout = self._state(table).layout
             sql = current_state_sql(layout, f"toDateTime({_epoch_seconds(now)}, 'UTC')")
+            if keys is not None:
+                sql = f"SELECT * FROM ({sql}){_partition_filter(layout.table, keys)}"
             result = self._call(lambda: self.client.query_arrow(sql, use_strings=False))
         effective = layout.table
         columns = effective.partition_key + effective.clustering + effective.statics + effective.regulars
         raw = pa.table([c.cast(raw_type(c.type)) for c in result.columns], names=result.column_names)
         rows = [{c.name: from_clickhouse(c.type, row[c.name]) for c in columns} for row in raw.to_pylist()]
-        return canonical_rows(effective, rows)
+        state = canonical_rows(effective, rows)
+        if keys is None:
+            return state
+        wanted = {
+            b"".join(key_component(c.type, v, False) for c, v in zip(effective.partition_key, values, strict=True))
+            for values in keys
+        }
+        return [row for row in state if row_sort_key(effective, row)[0] in wanted]
 
 
 def _scrubbed(error: Exception, dsn: str) -> str:
@@ -547,6 +562,41 @@ def _scrubbed(error: Exception, dsn: str) -> str:
     text = str(error).replace(dsn, "<dsn>")
     password = urlsplit(dsn).password
     return text.replace(password, "***") if password else text
+
+
+# Partition key types whose canonical values spell a ClickHouse literal of the stored type without conversion.
+_LITERAL_KEY_KINDS = frozenset({"ascii", "text", "boolean", "tinyint", "smallint", "int", "bigint", "uuid", "timeuuid"})
+# Room for the key literals in one query: ClickHouse refuses queries longer than max_query_size (256 KiB).
+_MAX_FILTER_CHARS = 128 << 10
+
+
+def _partition_filter(table: TableSchema, keys: Collection[Sequence[Any]]) -> str:
+    """A WHERE clause narrowing a current-state SELECT to ``keys``' partitions, on the key columns of plain types.
+
+    Each column is matched against its own set of values, so a key of several columns selects a superset
+    of the partitions (``current_state`` keeps the exact ones); columns of other types are left out, and so
+    is every column once the literals would make the query too long.
+    """
+    if not keys:
+        return " WHERE false"
+    clauses: list[str] = []
+    for index, column in enumerate(table.partition_key):
+        kind = column.type.kind
+        if kind not in _LITERAL_KEY_KINDS:
+            continue
+        values = sorted({values[index] for values in keys})
+        if kind in ("ascii", "text"):
+            spelled = [literal(v) for v in values]
+        elif kind in ("uuid", "timeuuid"):
+            spelled = [f"toUUID({literal(v)})" for v in values]
+        elif kind == "boolean":
+            spelled = ["true" if v else "false" for v in values]
+        else:
+            spelled = [str(int(v)) for v in values]
+        clauses.append(f"{quote(column.name)} IN ({', '.join(spelled)})")
+    if not clauses or sum(map(len, clauses)) > _MAX_FILTER_CHARS:
+        return ""
+    return f" WHERE {' AND '.join(clauses)}"
 
 
 def _epoch_seconds(now: Any) -> int:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,7 +62,7 @@ from cdc_assets.destinations.base import (
     PermanentDestinationError,
     TransientDestinationError,
 )
-from cdc_assets.destinations.model import canonical_rows
+from cdc_assets.destinations.model import canonical_rows, key_component, row_sort_key
 
 log = logging.getLogger(__name__)
 
@@ -665,23 +665,39 @@ class PostgresDestination:
 
     # ---- reading
 
-    def current_state(self, table: TableSchema, *, now: datetime | None = None) -> list[dict[str, Any]]:
-        """The rows of the table's current-state view (at ``now``), in the canonical form of ``model.py``."""
+    def current_state(
+        self, table: TableSchema, *, now: datetime | None = None, keys: Collection[Sequence[Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The rows of the table's current-state view (at ``now``), in the canonical form of ``model.py``.
+
+        ``keys`` (partition key values in canonical form, in partition key order) keeps only those partitions,
+        narrowed in the query itself (an index lookup through the view rather than a scan of the table), for
+        the reconciliation of a window.
+        """
         self._ensure(table)
         sql = self.sql(table)
         columns = _presented_columns(table)
+        where, parameters = ("", []) if keys is None else _partition_filter(table, keys)
         with self._transaction() as cursor:
             cursor.adapters.register_loader("interval", _IntervalLoader)
             psycopg.types.json.set_json_loads(pg_types.json_loads, cursor)
             cursor.execute("SET LOCAL intervalstyle = 'iso_8601'")
             if now is not None:
                 cursor.execute("SELECT set_config(%s, %s, true)", [NOW_SETTING, now.isoformat()])
-            cursor.execute(f"SELECT {', '.join(ident(c.name) for c in columns)} FROM {sql.view}")
+            query = f"SELECT {', '.join(ident(c.name) for c in columns)} FROM {sql.view}"
+            if parameters:
+                # Quoted names may hold a '%', which psycopg would take for a placeholder.
+                query = query.replace("%", "%%")
+            cursor.execute(query + where, parameters or None)
             fetched = cursor.fetchall()
         rows = [
             {c.name: pg_types.from_pg(c.type, value) for c, value in zip(columns, row, strict=True)} for row in fetched
         ]
-        return canonical_rows(table, rows)
+        state = canonical_rows(table, rows)
+        if keys is None:
+            return state
+        wanted = {_partition_bytes(table, values) for values in keys}
+        return [row for row in state if row_sort_key(table, row)[0] in wanted]
 
     def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> tuple[int, int] | None:
         """The furthest source position among committed loads whose id starts with ``load_id_prefix``.
@@ -778,6 +794,29 @@ def drop_stage_step(stage: str) -> Step:
 
 def _presented_columns(table: TableSchema) -> tuple[Column, ...]:
     return table.partition_key + table.clustering + table.statics + table.regulars
+
+
+def _partition_bytes(table: TableSchema, values: Sequence[Any]) -> bytes:
+    return b"".join(key_component(c.type, v, False) for c, v in zip(table.partition_key, values, strict=True))
+
+
+def _partition_filter(table: TableSchema, keys: Collection[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """A WHERE clause narrowing the view to ``keys``' partitions, on each scalar partition key column.
+
+    Each column is matched against its own set of values, so a key of several columns selects a superset
+    of the partitions (``current_state`` keeps the exact ones); collection and tuple columns are left out.
+    """
+    if not keys:
+        return " WHERE false", []
+    clauses, parameters = [], []
+    for index, column in enumerate(table.partition_key):
+        if not pg_types.is_scalar(column.type):
+            continue
+        texts = sorted({pg_types.copy_text(column.type, values[index]) for values in keys})
+        name = ident(column.name).replace("%", "%%")
+        clauses.append(f"{name} = ANY(%s::{pg_types.pg_type(column.type)}[])")
+        parameters.append(texts)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), parameters
 
 
 def _check_names(table: TableSchema) -> None:
