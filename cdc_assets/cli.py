@@ -46,6 +46,32 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rate", type=float, default=2000.0, metavar="R", help="generated writes per second")
     run.set_defaults(run=_run_run)
 
+    letters = commands.add_parser(
+        "dead-letters",
+        help="list and replay dead letters (changes set aside, with the reason)",
+        description="The dead-letter store of the pipeline configuration ($CDC_ASSETS_CONFIG or ./cdc_assets.yaml).",
+    )
+    letters_commands = letters.add_subparsers(dest="dead_letters_command", required=True)
+    listing = letters_commands.add_parser(
+        "list", help="print the pending letters", description="Print the pending letters, oldest first."
+    )
+    listing.add_argument("--all", action="store_true", help="replayed letters too, with their outcome")
+    replay = letters_commands.add_parser(
+        "replay",
+        help="load the pending letters into the destinations",
+        description="Decode reader letters again with the current schema, mask them and load them into every "
+        "destination; load destination letters into their destination again. A letter that still fails stays "
+        "pending with the new reason (exit status 1). With the in-process ClickHouse engine (chdb://), run the "
+        "job replay_dead_letters from the Dagster UI instead while the pipeline runs: one process per engine.",
+    )
+    replay.add_argument("--dry-run", action="store_true", help="decode and check, load and mark nothing")
+    for sub in (listing, replay):
+        sub.add_argument("--config", metavar="FILE", help="pipeline configuration (default: $CDC_ASSETS_CONFIG)")
+        sub.add_argument("--table", metavar="KEYSPACE.TABLE", help="only the letters of this table")
+        sub.add_argument("--stage", metavar="STAGE", help="only the letters of this stage (reader or a destination)")
+    listing.set_defaults(run=_run_dead_letters_list)
+    replay.set_defaults(run=_run_dead_letters_replay)
+
     from cdc_assets.commitlog.generator.cli import register
 
     register(commands)
@@ -77,6 +103,51 @@ def _run_run(args: argparse.Namespace) -> int:
     return run(args.home, args.port, args.rate)
 
 
+def _run_dead_letters_list(args: argparse.Namespace) -> int:
+    from cdc_assets.config import load_config
+    from cdc_assets.dead_letters import open_dead_letters
+    from cdc_assets.defs.dead_letters import secret_redactor
+
+    config = load_config(args.config)
+    redact = secret_redactor(config)
+    store = open_dead_letters(config.dead_letters)
+    shown = pending = 0
+    try:
+        chosen = store.letters if args.all else store.pending
+        for stored in chosen(table=args.table, stage=args.stage):
+            letter = stored.letter
+            state = (
+                f"pending, {stored.attempts} failed replays"
+                if stored.pending
+                else f"replayed {stored.replayed_at:%Y-%m-%dT%H:%M:%S%z}: {stored.replay_outcome}"
+            )
+            print(
+                redact(
+                    f"#{stored.id}\t{letter.recorded_at}\t{letter.stage}\t{letter.table or 'unknown table'}\t"
+                    f"{letter.segment}:{letter.position}\t{state}\t{letter.reason}"
+                )
+            )
+            shown += 1
+            pending += stored.pending
+    finally:
+        store.close()
+    print(f"{shown:,} letters shown, {pending:,} pending", file=sys.stderr)
+    return 0
+
+
+def _run_dead_letters_replay(args: argparse.Namespace) -> int:
+    from cdc_assets.config import load_config
+    from cdc_assets.defs.dead_letters import replay_dead_letters, secret_redactor
+
+    config = load_config(args.config)
+    redact = secret_redactor(config)
+    report = replay_dead_letters(config, table=args.table, stage=args.stage, dry_run=args.dry_run)
+    for letter_id, reason in sorted(report.failed.items()):
+        print(redact(f"#{letter_id}\tstill pending\t{reason}"))
+    print(redact(report.summary_line()))
+    return 1 if report.failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
@@ -85,6 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, CommitLogError) as error:
         print(f"cdc-assets: error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        # The dead-letter store and the replay fail with errors of their own, which never hold a secret.
+        from cdc_assets.dead_letters import DeadLetterStoreError
+        from cdc_assets.defs.dead_letters import ReplayError
+
+        if isinstance(error, DeadLetterStoreError | ReplayError):
+            print(f"cdc-assets: error: {error}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ A wrong key or value fails when the file is loaded, with the key's path and what
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import timedelta
@@ -20,7 +21,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cdc_assets.masking import MaskingPolicy
 
@@ -116,6 +126,30 @@ class TimescaleConfig(_Strict):
     @property
     def retention(self) -> timedelta | None:
         return None if self.retention_days is None else timedelta(days=self.retention_days)
+
+
+class PostgresDeadLetters(_Strict):
+    """The dead-letter store as the table ``"<schema_prefix>_cdc".dead_letters`` of a PostgreSQL database."""
+
+    dsn_env: str = Field(default="CDC_POSTGRES_DSN", pattern=_ENV)
+    schema_prefix: str = Field(default="", pattern=_SCHEMA_PREFIX)
+
+    _prefix = field_validator("schema_prefix")(_not_reserved)
+
+    def __str__(self) -> str:
+        # The text form Dagster resources are configured with; ``open_dead_letters`` reads it back.
+        return json.dumps(self.model_dump(), sort_keys=True)
+
+
+def _dead_letters_kind(value: Any) -> str:
+    return "postgres" if isinstance(value, dict | PostgresDeadLetters) else "file"
+
+
+#: A path (a JSON-lines file, the default) or ``{dsn_env, schema_prefix}`` (a PostgreSQL table).
+DeadLettersSetting = Annotated[
+    Annotated[Path, Tag("file")] | Annotated[PostgresDeadLetters, Tag("postgres")],
+    Discriminator(_dead_letters_kind),
+]
 
 
 class DestinationsConfig(_Strict):
@@ -245,7 +279,7 @@ class PipelineConfig(_Strict):
     micro_batch: MicroBatchConfig = Field(default_factory=MicroBatchConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     staging: StagingConfig = Field(default_factory=StagingConfig)
-    dead_letters: Path = Path("var/dead_letters.jsonl")
+    dead_letters: DeadLettersSetting = Path("var/dead_letters.jsonl")
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
@@ -292,7 +326,9 @@ def _resolve(config: PipelineConfig, base: Path) -> PipelineConfig:
             "nodes": [node.model_copy(update={"cdc_raw": absolute(node.cdc_raw)}) for node in config.nodes],
             "schema_": schema,
             "staging": config.staging.model_copy(update={"path": absolute(config.staging.path)}),
-            "dead_letters": absolute(config.dead_letters),
+            "dead_letters": (
+                absolute(config.dead_letters) if isinstance(config.dead_letters, Path) else config.dead_letters
+            ),
         }
     )
 

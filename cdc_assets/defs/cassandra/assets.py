@@ -23,7 +23,7 @@ from cdc_assets.commitlog.cdc_dir import DurableRead, cdc_raw_usage, read_durabl
 from cdc_assets.commitlog.errors import SegmentVanishedError
 from cdc_assets.commitlog.reader import CommitLogReader, Position
 from cdc_assets.config import NodeConfig, PipelineConfig
-from cdc_assets.dead_letters import DeadLetterStore
+from cdc_assets.dead_letters import open_dead_letters
 from cdc_assets.defs.keys import CASSANDRA, FRONTIER, POSITION, staged_key, stream_key
 from cdc_assets.defs.ledger import Committed, committed_stream
 from cdc_assets.defs.partitions import hourly
@@ -237,7 +237,7 @@ def cassandra_assets(
                 yield from _check_results(context, findings)
                 return
             if stats.dead_letters:
-                store = DeadLetterStore(config.dead_letters)
+                store = open_dead_letters(config.dead_letters)
                 for letter in stats.dead_letters:
                     store.append(letter)
             staged = streams.stage(node, context.partition_key, read, batches)

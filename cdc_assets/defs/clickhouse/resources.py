@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from cdc_assets.dead_letters import DeadLetterStore
+from cdc_assets.dead_letters import open_dead_letters
 from cdc_assets.defs.resources import dsn_from_environment
 from cdc_assets.destinations.clickhouse import ClickHouseDestination
 
@@ -20,5 +20,5 @@ class ClickHouseResource(dg.ConfigurableResource):
         return ClickHouseDestination(
             dsn_from_environment(self.dsn_env, "clickhouse"),
             self.database_prefix,
-            dead_letters=DeadLetterStore(self.dead_letters),
+            dead_letters=open_dead_letters(self.dead_letters),
         )

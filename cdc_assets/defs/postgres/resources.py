@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from cdc_assets.dead_letters import DeadLetterStore
+from cdc_assets.dead_letters import open_dead_letters
 from cdc_assets.defs.resources import dsn_from_environment
 from cdc_assets.destinations.postgres import PostgresDestination
 
@@ -21,6 +21,6 @@ class PostgresResource(dg.ConfigurableResource):
         return PostgresDestination(
             dsn_from_environment(self.dsn_env, "postgres"),
             self.schema_prefix,
-            dead_letters=DeadLetterStore(self.dead_letters),
+            dead_letters=open_dead_letters(self.dead_letters),
             piece_changes=self.piece_changes,
         )

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from cdc_assets.dead_letters import DeadLetterStore
+from cdc_assets.dead_letters import open_dead_letters
 from cdc_assets.defs.resources import dsn_from_environment
 from cdc_assets.destinations.timescale import TimescaleDestination
 
@@ -31,6 +31,6 @@ class TimescaleResource(dg.ConfigurableResource):
             compress_after=None if self.compress_after_days is None else timedelta(days=self.compress_after_days),
             retention=None if self.retention_days is None else timedelta(days=self.retention_days),
             allow_plain_postgres=self.allow_plain_postgres,
-            dead_letters=DeadLetterStore(self.dead_letters),
+            dead_letters=open_dead_letters(self.dead_letters),
             piece_changes=self.piece_changes,
         )
