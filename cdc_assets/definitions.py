@@ -13,7 +13,9 @@ from cdc_assets.config import PipelineConfig, load_config
 from cdc_assets.defs.cassandra.assets import cassandra_assets
 from cdc_assets.defs.cassandra.schema import captured_tables, load_registry
 from cdc_assets.defs.cassandra.sensors import node_sensors
+from cdc_assets.defs.checks.window import window_check_definitions
 from cdc_assets.defs.clickhouse.resources import ClickHouseResource
+from cdc_assets.defs.dead_letters import dead_letter_definitions
 from cdc_assets.defs.loads import destination_assets
 from cdc_assets.defs.postgres.resources import PostgresResource
 from cdc_assets.defs.timescale.resources import TimescaleResource
@@ -39,12 +41,17 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
     tables = captured_tables(config, registry)
     assets = [cassandra_assets(config, registry, tables)]
     assets += [destination_assets(config, tables, name) for name in config.destinations.names]
-    return dg.Definitions(
+    pipeline = dg.Definitions(
         assets=assets,
         sensors=node_sensors(config, tables),
         resources=destination_resources(config),
         # Latency: a micro-batch's three steps in one process finish in ~5 s, in separate ones in ~14 s.
         executor=dg.in_process_executor,
+    )
+    return dg.Definitions.merge(
+        pipeline,
+        window_check_definitions(config, tables),
+        dead_letter_definitions(config, tables),
     )
 
 

@@ -83,11 +83,13 @@ class Pipeline:
 
     def execute(self, request: dg.RunRequest, partition: str | None = None) -> dg.ExecuteInProcessResult:
         """Run what ``request`` asks for (in window ``partition`` instead of the present hour, when given)."""
-        job = self.defs.resolve_implicit_global_asset_job_def()
+        job = self.defs.resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection=set(request.asset_selection or []),
+            asset_check_selection=set(request.asset_check_keys) if request.asset_check_keys is not None else None,
+        )
         result = job.execute_in_process(
             instance=self.instance,
             partition_key=partition or request.partition_key,
-            asset_selection=list(request.asset_selection or []),
             tags={**request.tags, "dagster/run_key": request.run_key},
             raise_on_error=False,
         )

@@ -43,7 +43,7 @@ def test_the_code_location_holds_every_asset_group_kind_partition_and_sensor(two
     tables = ["shop.orders", "shop.customers"]
     expected = {stream_key("node1"), stream_key("node2"), *(staged_key(t) for t in tables)}
     expected |= {destination_key(d, t) for d in DESTINATIONS for t in tables}
-    assert set(graph.get_all_asset_keys()) == expected
+    assert set(graph.get_all_asset_keys()) == expected | {dg.AssetKey("dead_letters")}
     for key in expected:
         node = graph.get(key)
         assert node.partitions_def == dg.HourlyPartitionsDefinition(
@@ -56,8 +56,16 @@ def test_the_code_location_holds_every_asset_group_kind_partition_and_sensor(two
         for table in tables:
             assert graph.get(destination_key(destination, table)).parent_keys == {staged_key(table)}
     assert graph.get(staged_key("shop.orders")).parent_keys == {stream_key("node1"), stream_key("node2")}
+    checks = {(key.asset_key, key.name) for key in graph.asset_check_keys}
+    for table in tables:
+        for name in ("schema_matches", "keys_not_null", "positions_continue", "no_dead_letters", "window_expectations"):
+            assert (staged_key(table), name) in checks
+        for destination in DESTINATIONS:
+            assert (destination_key(destination, table), "window_reconciliation") in checks
+    assert (stream_key("node2"), "positions_continue") in checks
+    assert {schedule.name for schedule in defs.schedules} >= {"window_checks_hourly"}
     sensors = {sensor.name: sensor for sensor in defs.sensors}
-    assert set(sensors) == {"cdc_raw_node1", "cdc_raw_node2"}
+    assert {"cdc_raw_node1", "cdc_raw_node2", "dead_letters_report"} <= set(sensors)
     assert sensors["cdc_raw_node1"].default_status == dg.DefaultSensorStatus.RUNNING
     assert set(defs.resources) == set(DESTINATIONS)
 
@@ -120,5 +128,5 @@ def test_the_webserver_serves_the_asset_graph_over_graphql(tmp_path: Path, two_n
     assert by_key["cassandra/cdc_raw/node2"]["kinds"] == ["cassandra"]
     assert by_key["clickhouse/shop/orders"]["groupName"] == "clickhouse"
     assert by_key["timescaledb/shop/customers"]["kinds"] == ["timescaledb"]
-    assert all(node["isPartitioned"] for node in nodes)
-    assert len(by_key) == 2 + 2 + 6
+    assert all(node["isPartitioned"] for key, node in by_key.items() if key != "dead_letters")
+    assert len(by_key) == 2 + 2 + 6 + 1  # streams, staged tables, destination tables, dead letters

@@ -28,6 +28,7 @@ from cdc_assets.defs.ledger import Committed, committed_stream, consumed
 from cdc_assets.defs.partitions import current_partition
 from cdc_assets.defs.workers import WORKER_TAG, worker_alive
 from cdc_assets.staging import position_key, position_text, prune_ranges
+from cdc_assets.validation import BATCH_CHECKS, NO_DEAD_LETTERS, POSITIONS_CONTINUE
 
 START = "start"
 _FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -142,8 +143,17 @@ def poll_node(
         run_key=f"{node.name}:{origin}:{len(earlier)}",
         partition_key=current_partition(),
         asset_selection=run_selection(config, node.name, tables),
+        # Only the blocking batch checks: the per-window suites run in their own job, out of the latency path.
+        asset_check_keys=batch_check_keys(node.name, tables),
         tags=run_tags(config, node.name, origin),
     )
+
+
+def batch_check_keys(node: str, tables: Sequence[str]) -> list[dg.AssetCheckKey]:
+    """The blocking checks a live run of ``node`` evaluates before any warehouse loads its batch."""
+    keys = [dg.AssetCheckKey(stream_key(node), check) for check in (POSITIONS_CONTINUE, NO_DEAD_LETTERS)]
+    keys += [dg.AssetCheckKey(staged_key(t), check) for t in tables for check in BATCH_CHECKS]
+    return keys
 
 
 def _text(committed: Committed | None) -> str:
