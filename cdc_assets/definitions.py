@@ -10,9 +10,11 @@ from __future__ import annotations
 import dagster as dg
 
 from cdc_assets.config import PipelineConfig, load_config
+from cdc_assets.defs.alerts import alert_definitions
 from cdc_assets.defs.cassandra.assets import cassandra_assets
 from cdc_assets.defs.cassandra.schema import captured_tables, load_registry
 from cdc_assets.defs.cassandra.sensors import node_sensors
+from cdc_assets.defs.checks.health import health_definitions
 from cdc_assets.defs.checks.window import window_check_definitions
 from cdc_assets.defs.clickhouse.resources import ClickHouseResource
 from cdc_assets.defs.dead_letters import dead_letter_definitions
@@ -52,6 +54,8 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         pipeline,
         window_check_definitions(config, tables),
         dead_letter_definitions(config, tables),
+        health_definitions(config, tables),
+        alert_definitions(config),
     )
 
 

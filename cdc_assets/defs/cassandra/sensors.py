@@ -23,6 +23,7 @@ from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.commitlog.cdc_dir import delete_segment, durable_frontier, list_cdc_segments
 from cdc_assets.commitlog.reader import Position
 from cdc_assets.config import NodeConfig, PipelineConfig
+from cdc_assets.defs.checks.health import health_check_keys
 from cdc_assets.defs.keys import CHDB_TAG, FROM_TAG, NODE_TAG, destination_key, staged_key, stream_key
 from cdc_assets.defs.ledger import Committed, committed_stream, consumed
 from cdc_assets.defs.partitions import current_partition
@@ -143,8 +144,9 @@ def poll_node(
         run_key=f"{node.name}:{origin}:{len(earlier)}",
         partition_key=current_partition(),
         asset_selection=run_selection(config, node.name, tables),
-        # Only the blocking batch checks: the per-window suites run in their own job, out of the latency path.
-        asset_check_keys=batch_check_keys(node.name, tables),
+        # The blocking batch checks, and the health checks so the UI shows them beside the latest load; the
+        # per-window suites run in their own job, out of the latency path.
+        asset_check_keys=batch_check_keys(node.name, tables) + health_check_keys(config, node.name, tables),
         tags=run_tags(config, node.name, origin),
     )
 
