@@ -121,7 +121,27 @@ def write_times(batch: pa.RecordBatch) -> pa.Array:
             candidates.append(pc.struct_field(column, "writetime"))
         elif field.type.get_field_index("deletion") >= 0:
             candidates.append(pc.struct_field(column, "deletion"))
+            candidates.append(_newest_element(pc.struct_field(column, "cells"), batch.num_rows))
     return pc.max_element_wise(*candidates, skip_nulls=True)
+
+
+def _newest_element(cells: pa.Array, rows: int) -> pa.Array:
+    """Per change, the newest write time among a complex column's element cells (a list or a UDT's fields)."""
+    if pa.types.is_struct(cells.type):  # a non-frozen UDT: one cell struct per field
+        fields = [pc.struct_field(pc.struct_field(cells, f.name), "writetime") for f in cells.type]
+        return pc.max_element_wise(*fields, skip_nulls=True) if fields else pa.nulls(rows, pa.int64())
+    elements = pc.list_flatten(cells)
+    owners = pc.list_parent_indices(cells)
+    newest = (
+        pa.table({"row": owners, "ts": pc.struct_field(elements, "writetime")})
+        .group_by("row")
+        .aggregate([("ts", "max")])
+    )
+    result = np.full(rows, np.iinfo(np.int64).min, dtype=np.int64)
+    maxima = newest.column("ts_max").to_numpy(zero_copy_only=False)
+    present = ~np.isnan(maxima) if maxima.dtype.kind == "f" else np.ones(len(maxima), dtype=bool)
+    result[newest.column("row").to_numpy()[present]] = maxima[present].astype(np.int64)
+    return pa.array(result, mask=result == np.iinfo(np.int64).min)
 
 
 def _describe(name: str, schema: TableSchema, batch: pa.RecordBatch) -> StagedTable:
