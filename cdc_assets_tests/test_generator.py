@@ -783,6 +783,43 @@ def test_rate_paces_writes_on_the_wall_clock(tmp_path: Path) -> None:
     assert all(started * 1e6 <= w <= (started + elapsed) * 1e6 for w in writetimes)
 
 
+def _newest_timestamp(value: Any) -> int | None:
+    """The newest write time anywhere in a logged change: row liveness, deletions, cells, collection elements."""
+    if isinstance(value, list):
+        found = [_newest_timestamp(item) for item in value]
+    elif isinstance(value, dict):
+        found = [v for k, v in value.items() if k in _TIMESTAMP_KEYS and isinstance(v, int)]
+        found += [_newest_timestamp(v) for v in value.values() if isinstance(v, dict | list)]
+    else:
+        return None
+    return max((f for f in found if f is not None), default=None)
+
+
+_TIMESTAMP_KEYS = ("row_writetime", "deletion_writetime", "writetime", "deletion")
+
+
+def test_simulated_rate_lays_write_times_on_an_exact_clock_without_sleeping(tmp_path: Path) -> None:
+    started = time.monotonic()
+    log = generate([realistic_table()], _workload(simulated_rate=20, mutations=60), [tmp_path])
+    # Paced on the wall clock, 60 mutations at 20 per second would take 3 s.
+    assert time.monotonic() - started < 2
+    newest: dict[tuple[int, int], int] = {}
+    for change in log.changes("shop.orders"):
+        place = (change["segment_id"], change["position"])
+        newest[place] = max(newest.get(place, 0), _newest_timestamp(change) or 0)
+    assert [newest[place] for place in sorted(newest)] == [START_US + n * 50_000 for n in range(60)]
+
+
+def test_seconds_count_simulated_time_under_a_simulated_rate(tmp_path: Path) -> None:
+    log = generate([realistic_table()], _workload(simulated_rate=100, mutations=None, seconds=0.5), [tmp_path])
+    assert log.mutations == 50
+
+
+def test_simulated_rate_and_wall_clock_rate_exclude_each_other() -> None:
+    with pytest.raises(ValueError, match="simulated_rate"):
+        Workload(rate=10, simulated_rate=10)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(st.data(), st.sampled_from([6, 7, 8]))
 def test_any_mutation_of_any_table_reads_back_as_encoded(

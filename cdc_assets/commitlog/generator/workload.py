@@ -74,12 +74,18 @@ class Workload:
     written: to that many of the ``cdc_raw`` directories (one per node, chosen by the partition key),
     or, with a single directory, interleaved into it. A segment is synced every ``sync_every``
     mutations or ``sync_period_ms`` of write time, whichever comes first.
+
+    ``simulated_rate`` lays the write times on a simulated clock of exactly that many mutations per second
+    from ``start_timestamp_us`` (mutation ``n`` at ``start + n * 1e6 / simulated_rate`` µs), without
+    sleeping: a workload generated ahead of time, to be replayed at that pace. ``seconds`` then counts
+    simulated time.
     """
 
     seed: int = 0
     mutations: int | None = 1000
     seconds: float | None = None
     rate: float = 0.0
+    simulated_rate: float = 0.0
     mix: OperationMix = field(default_factory=OperationMix)
     ttl_fraction: float = 0.1
     partitions: int = 1000
@@ -104,6 +110,8 @@ class Workload:
             raise ValueError("replicas, partitions and sync_every must be at least 1")
         if self.rate < 0 or not 0 <= self.ttl_fraction <= 1:
             raise ValueError("rate must be >= 0 and ttl_fraction within [0, 1]")
+        if self.simulated_rate < 0 or (self.simulated_rate > 0 and self.rate > 0):
+            raise ValueError("simulated_rate must be >= 0, and not set together with rate")
         if self.compression is not None:
             short_name(self.compression)
 
@@ -621,9 +629,12 @@ def generate(
             expected.extend({**change, "segment_id": segment_id, "position": position} for change in changes)
 
     while workload.mutations is None or count < workload.mutations:
-        if workload.seconds is not None and time.monotonic() - started >= workload.seconds:
+        elapsed = count / workload.simulated_rate if workload.simulated_rate else time.monotonic() - started
+        if workload.seconds is not None and elapsed >= workload.seconds:
             break
-        if workload.rate > 0:
+        if workload.simulated_rate > 0:
+            ts = start_us + int(count * 1_000_000 / workload.simulated_rate)
+        elif workload.rate > 0:
             delay = started + count / workload.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
