@@ -23,8 +23,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-# The chdb engine fixtures, for every module: chdb hosts one engine per process.
-pytest_plugins = ["cdc_assets_tests.chdb_fixture"]
+# The chdb engine fixtures, for every module (chdb hosts one engine per process), and the pipeline's.
+pytest_plugins = ["cdc_assets_tests.chdb_fixture", "cdc_assets_tests.pipeline_harness"]
 
 LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 import yaml
 
 from cdc_assets.cassandra_schema.cql_file import load_cql_file
@@ -25,6 +26,7 @@ from cdc_assets.config import PipelineConfig, load_config
 from cdc_assets.definitions import build_definitions
 from cdc_assets.defs.keys import destination_key
 from cdc_assets.destinations.model import CassandraModel
+from cdc_assets_tests.chdb_fixture import fresh_prefix
 
 SHOP_CQL = Path(__file__).resolve().parents[1] / "cdc_assets" / "demo" / "shop.cql"
 TABLES = ("shop.orders", "shop.customers")
@@ -143,6 +145,23 @@ def open_pipeline(config_path: Path, instance: dg.DagsterInstance) -> Pipeline:
     return Pipeline(config, build_definitions(config), instance, tables)  # type: ignore[arg-type]
 
 
+# Fixtures for every module (the root conftest.py registers this module as a plugin).
+
+
+@pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
+    """A real Dagster instance (SQLite in a temporary directory) of the test's own."""
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture
+def all_destinations(pg_dsn: str, chdb_dsn: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The destinations section of a configuration with all three: PostgreSQL, chdb, TimescaleDB's fallback."""
+    monkeypatch.setenv("CDC_TEST_PG", pg_dsn)
+    monkeypatch.setenv("CDC_TEST_CH", chdb_dsn)
+    return {
+        "postgres": {"dsn_env": "CDC_TEST_PG", "schema_prefix": "p_"},
+        "clickhouse": {"dsn_env": "CDC_TEST_CH", "database_prefix": fresh_prefix()},
+        "timescaledb": {"dsn_env": "CDC_TEST_PG", "schema_prefix": "ts_", "allow_plain_postgres": True},
+    }

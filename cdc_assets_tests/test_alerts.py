@@ -51,12 +51,6 @@ UI = "http://dagster.example:3000"
 
 
 @pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
-
-
-@pytest.fixture
 def channels(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[HttpReceiver, SmtpReceiver]]:
     with receivers() as (http, smtp):
         for name, value in channel_environment(http, smtp).items():

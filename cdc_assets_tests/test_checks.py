@@ -4,7 +4,6 @@ batch out of every warehouse (nothing staged, nothing committed, the range read 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -30,12 +29,6 @@ from cdc_assets.validation import (
 from cdc_assets_tests.pipeline_harness import open_pipeline, write_config
 
 ORDER = {"order_id": "5a1e5a1e-0000-4000-8000-00000000abcd"}
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 @pytest.fixture

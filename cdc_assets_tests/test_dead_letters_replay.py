@@ -56,12 +56,6 @@ STORE = {"dsn_env": "CDC_TEST_PG", "schema_prefix": "dl"}
 
 
 @pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
-
-
-@pytest.fixture
 def newer_cql(tmp_path: Path) -> Path:
     """The next schema: shop.orders with the column ``note`` (same table id)."""
     path = tmp_path / "shop_next.cql"

@@ -4,7 +4,6 @@ as the daemon ticks it, against real segments, a real PostgreSQL destination and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -21,12 +20,6 @@ WARN = dg.AssetCheckSeverity.WARN
 ERROR = dg.AssetCheckSeverity.ERROR
 NODE = stream_key("node1")
 ORDERS = destination_key("postgres", "shop.orders")
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ ClickHouse engine, a real Dagster instance whose event log holds the committed p
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -16,27 +15,9 @@ import pytest
 from cdc_assets.commitlog.reader import scan_segment
 from cdc_assets.defs.keys import CONSUMED, FRONTIER, POSITION, destination_key, staged_key, stream_key
 from cdc_assets.staging import list_ranges
-from cdc_assets_tests.chdb_fixture import fresh_prefix
 from cdc_assets_tests.pipeline_harness import TABLES, Pipeline, open_pipeline, write_config
 
 DESTINATIONS = ("postgres", "clickhouse", "timescaledb")
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
-
-
-@pytest.fixture
-def all_destinations(pg_dsn: str, chdb_dsn: str, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv("CDC_TEST_PG", pg_dsn)
-    monkeypatch.setenv("CDC_TEST_CH", chdb_dsn)
-    return {
-        "postgres": {"dsn_env": "CDC_TEST_PG", "schema_prefix": "p_"},
-        "clickhouse": {"dsn_env": "CDC_TEST_CH", "database_prefix": fresh_prefix()},
-        "timescaledb": {"dsn_env": "CDC_TEST_PG", "schema_prefix": "ts_", "allow_plain_postgres": True},
-    }
 
 
 @pytest.fixture

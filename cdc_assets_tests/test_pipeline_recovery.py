@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -32,12 +31,6 @@ from cdc_assets_tests.pipeline_harness import TABLES, Pipeline, open_pipeline, w
 
 POSTGRES_ONLY = ("postgres", "timescaledb")
 UNREACHABLE = "host=127.0.0.1 port=1 user=postgres dbname=postgres connect_timeout=2"
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 def postgres_destinations(pg_dsn: str, monkeypatch: pytest.MonkeyPatch, **postgres: object) -> dict:

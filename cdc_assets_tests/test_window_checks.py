@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,6 @@ from cdc_assets.defs.partitions import current_partition
 from cdc_assets.expectations import ExpectationConfigError, default_expectations, validate_window, window_frame
 from cdc_assets.reconciliation import history_is_whole, partition_bytes, reconcile
 from cdc_assets.staging import stage_range
-from cdc_assets_tests.chdb_fixture import fresh_prefix
 from cdc_assets_tests.pipeline_harness import SHOP_CQL, TABLES, Pipeline, open_pipeline, write_config
 
 DESTINATIONS = ("postgres", "clickhouse", "timescaledb")
@@ -49,23 +47,6 @@ QUANTITY_AT_MOST_ONE = {
     "expectation": "expect_column_values_to_be_between",
     "kwargs": {"column": "quantity", "min_value": 0, "max_value": 1},
 }
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
-
-
-@pytest.fixture
-def all_destinations(pg_dsn: str, chdb_dsn: str, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv("CDC_TEST_PG", pg_dsn)
-    monkeypatch.setenv("CDC_TEST_CH", chdb_dsn)
-    return {
-        "postgres": {"dsn_env": "CDC_TEST_PG", "schema_prefix": "p_"},
-        "clickhouse": {"dsn_env": "CDC_TEST_CH", "database_prefix": fresh_prefix()},
-        "timescaledb": {"dsn_env": "CDC_TEST_PG", "schema_prefix": "ts_", "allow_plain_postgres": True},
-    }
 
 
 def past_window() -> str:

@@ -238,7 +238,7 @@ def _backfill(
         f"{destination}: rebuilding {len(windows)} window(s) {windows[0]} … {windows[-1]} from {len(ranges)} "
         f"staged range(s) of {len({r.node for r in ranges})} node(s)"
     )
-    suffix = f"{BACKFILL_SUFFIX}{context.run_id[:8]}"
+    suffix = f"{BACKFILL_SUFFIX}{context.run.run_id[:8]}"
     outcomes = []
     for name in selected:
         outcome = load_ranges(target, name, ranges, load_id=lambda r, n=name: r.load_id(n) + suffix, log=context.log)

@@ -218,7 +218,7 @@ def cassandra_assets(
                 allow_retries=False,
             )
         node = selected[0]
-        context.instance.add_run_tags(context.run_id, {WORKER_TAG: worker_tag()})
+        context.instance.add_run_tags(context.run.run_id, {WORKER_TAG: worker_tag()})
         started = time.perf_counter()
         with node_lock(config.staging.path, node.name):
             committed = committed_stream(context.instance, node.name)
