@@ -451,6 +451,10 @@ def test_the_daemon_refreshes_the_report_when_the_store_changes(
     environment = {**os.environ, "CDC_ASSETS_CONFIG": str(config), "DAGSTER_HOME": str(tmp_path / "dagster")}
     store = open_dead_letters(load_config(config).dead_letters)
     store.append(letter(7))
+    # Create the instance's storage before the daemon starts: two processes migrating one new SQLite store at
+    # once race ("table alembic_version already exists").
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")):
+        pass
     daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-f", "location.py"],
         cwd=tmp_path,
