@@ -27,7 +27,7 @@ and what happened is read back:
 - **lag** per destination: for each staged range and table, the time its load id became visible in the
   destination (PostgreSQL and TimescaleDB: the commit time of its ledger row, ``pg_xact_commit_timestamp``;
   ClickHouse: the ledger's ``loaded_at``, written last, when the load becomes visible) minus each change's
-  write time (``cdc_assets.staging.write_times``, completed here with collection element write times);
+  write time (``cdc_assets.staging.write_times``);
 - **sustained rate**: the changes written in the window divided by the time from the window's start until
   the last of them was visible in the slowest destination (and per destination the same with its own end);
   if the drain ends before every destination has caught up, the backlog is printed and the rate is what the
@@ -71,14 +71,13 @@ import dagster as dg
 import numpy as np
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cdc_assets import devstack
 from cdc_assets.cassandra_schema.cql_file import load_cql_file
-from cdc_assets.cassandra_schema.tables import SchemaRegistry
+from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
 from cdc_assets.commitlog.cdc_dir import COMPLETED, list_cdc_segments, read_durable
 from cdc_assets.commitlog.descriptor import parse_segment_name, read_descriptor
 from cdc_assets.commitlog.entries import section_entries
@@ -129,7 +128,7 @@ class Chunk:
     first_segment_id: int
 
 
-def shop_tables() -> list:
+def shop_tables() -> list[TableSchema]:
     registry = load_cql_file(SHOP_SCHEMA)
     return [table for table in registry if table.qualified_name in TABLES]
 
@@ -546,27 +545,8 @@ def mutations_before(plan: Sequence[ReplaySection], position: Position | None) -
 
 
 def change_write_times(batch: pa.RecordBatch) -> np.ndarray:
-    """Each change's write time in µs (float, NaN when it has none).
-
-    ``write_times`` leaves out collection element cells, so a change that only adds or removes elements has
-    none there; their write time (all of a mutation's cells share one here) is taken from the elements.
-    """
-    times = write_times(batch).to_numpy(zero_copy_only=False).astype(np.float64)
-    if not np.isnan(times).any():
-        return times
-    for field_ in batch.schema:
-        if not pa.types.is_struct(field_.type) or field_.type.get_field_index("cells") < 0:
-            continue
-        cells = pc.struct_field(batch.column(field_.name), "cells")
-        if not pa.types.is_list(cells.type):
-            continue
-        # Taking the valid lists first drops the elements a null list's offsets may still span.
-        present = pc.indices_nonzero(pc.is_valid(cells))
-        lists = cells.take(present)
-        parents = present.take(pc.list_parent_indices(lists)).to_numpy()
-        element_times = pc.struct_field(pc.list_flatten(lists), "writetime").to_numpy(zero_copy_only=False)
-        np.fmax.at(times, parents, element_times.astype(np.float64))
-    return times
+    """Each change's write time in µs (``staging.write_times``) as floats, NaN where a change has none."""
+    return write_times(batch).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 class Visibility(NamedTuple):
@@ -672,6 +652,7 @@ class RunTiming:
     steps: dict[str, float]
     changes: int
     origin: str | None
+    failures: list[str]
 
     @property
     def duration(self) -> float | None:
@@ -684,6 +665,7 @@ _RUN_EVENTS = {
     dg.DagsterEventType.STEP_SUCCESS,
     dg.DagsterEventType.STEP_FAILURE,
     dg.DagsterEventType.ASSET_MATERIALIZATION,
+    dg.DagsterEventType.RUN_FAILURE,
 }
 
 
@@ -697,6 +679,7 @@ def run_timings(instance: dg.DagsterInstance) -> list[RunTiming]:
         step_starts: dict[str, float] = {}
         steps: dict[str, float] = {}
         changes = 0
+        failures: list[str] = []
         for entry in instance.all_logs(run.run_id, of_type=_RUN_EVENTS):
             event = entry.dagster_event
             if event is None:
@@ -709,6 +692,10 @@ def run_timings(instance: dg.DagsterInstance) -> list[RunTiming]:
             elif kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
                 key = entry.step_key or "?"
                 steps[key] = steps.get(key, 0.0) + entry.timestamp - step_starts.get(key, entry.timestamp)
+                if kind == dg.DagsterEventType.STEP_FAILURE:
+                    failures.append(f"{key}: {event.message or entry.user_message}")
+            elif kind == dg.DagsterEventType.RUN_FAILURE:
+                failures.append(event.message or entry.user_message)
             elif entry.asset_materialization is not None and entry.asset_materialization.asset_key.path[1] == "cdc_raw":
                 value = entry.asset_materialization.metadata.get("changes")
                 changes += int(value.value) if value is not None else 0
@@ -723,6 +710,7 @@ def run_timings(instance: dg.DagsterInstance) -> list[RunTiming]:
                 steps,
                 changes,
                 run.tags.get(FROM_TAG),
+                failures,
             )
         )
     return timings
@@ -818,17 +806,20 @@ def destination_table(measured: Measured, runs: Sequence[RunTiming]) -> str:
     return "\n".join(lines)
 
 
-def runs_table(runs: Sequence[RunTiming]) -> str:
-    """Where a run's time goes, phase by phase (mean and max over the runs that finished)."""
+def runs_table(runs: Sequence[RunTiming], stopped_at: float) -> str:
+    """Where a run's time goes, phase by phase (mean and max over the runs that finished); ``stopped_at`` is when
+    the daemon was stopped, interrupting any run still going."""
     finished = [r for r in runs if r.duration is not None and r.starting is not None]
     phases: dict[str, list[float]] = defaultdict(list)
+    # Every step any run took, in the order they first appear (asset checks are steps too).
+    step_keys = list(dict.fromkeys(key for run in finished for key in run.steps))
     for previous, run in zip([None, *finished[:-1]], finished):
         if previous is not None and previous.ended is not None:
             # The node's runs are serialized: nothing reads its log between the two.
             phases["node idle: previous run's end to this run's launch"].append(run.starting - previous.ended)  # type: ignore[operator]
         phases["queued (request to launch)"].append(run.starting - run.created)  # type: ignore[operator]
         phases["worker start-up (launch to run start)"].append(run.started - run.starting)  # type: ignore[operator]
-        for step in ("read_cdc_raw", *(f"load_{d}" for d in DESTINATIONS)):
+        for step in step_keys:
             phases[f"step {step}"].append(run.steps.get(step, 0.0))
         phases["rest of the run (between and after steps)"].append(run.duration - sum(run.steps.values()))  # type: ignore[operator]
         phases["whole run (start to end)"].append(run.duration)  # type: ignore[arg-type]
@@ -841,6 +832,10 @@ def runs_table(runs: Sequence[RunTiming]) -> str:
     for run in runs:
         statuses[run.status] += 1
     summary = ", ".join(f"{count} {status.lower()}" for status, count in sorted(statuses.items()))
+    interrupted = sum(1 for run in runs if run.status != "SUCCESS" and (run.ended or 0) >= stopped_at)
+    if interrupted:
+        summary += f"; {interrupted} stopped with the daemon after the drain"
+    failed = [f"- run {run.run_id[:8]}: {message[:300]}" for run in runs for message in run.failures]
     origins = [r.origin for r in runs]
     repeated = sum(1 for index, origin in enumerate(origins) if origin in origins[:index])
     lines.append("")
@@ -848,6 +843,8 @@ def runs_table(runs: Sequence[RunTiming]) -> str:
         f"{len(runs)} runs ({summary}); changes per run: mean {_mean(changes):,.0f}, max {max(changes, default=0):,}; "
         f"{repeated} requested from a position an earlier run had already been requested from"
     )
+    if failed:
+        lines += ["", "Failures:", *failed]
     return "\n".join(lines)
 
 
@@ -966,7 +963,7 @@ def run(args: argparse.Namespace, home: devstack.DevHome, scratch: Path, stack: 
     postgres = start_postgres(home, stack)
     home.chdb.mkdir(parents=True, exist_ok=True)
     home.cdc_raw.mkdir(parents=True, exist_ok=True)
-    write_dagster_yaml = devstack.write_dagster_yaml(home.dagster)
+    dagster_yaml = devstack.write_dagster_yaml(home.dagster)
     config = write_pipeline_config(home)
     postgres_dsn = postgres.dsn(devstack.POSTGRES_DATABASE)
     timescale_dsn = postgres.dsn(devstack.TIMESCALE_DATABASE)
@@ -984,7 +981,7 @@ def run(args: argparse.Namespace, home: devstack.DevHome, scratch: Path, stack: 
         command = [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "cdc_assets.definitions"]
         daemon = devstack.Child.start("dagster-daemon", command, env, output)
     stack.callback(daemon.stop, signal.SIGINT, 60.0)
-    print(f"  PostgreSQL on port {postgres.port}; {write_dagster_yaml}; waiting for dagster-daemon", flush=True)
+    print(f"  PostgreSQL on port {postgres.port}; {dagster_yaml}; waiting for dagster-daemon", flush=True)
     wait_for_daemon(instance, daemon, daemon_log)
 
     plan: list[ReplaySection] = []
@@ -992,7 +989,9 @@ def run(args: argparse.Namespace, home: devstack.DevHome, scratch: Path, stack: 
     if args.mode == "replay":
         speed = generator_speed(scratch, args.rate)
         workers = min(2, os.cpu_count() or 1)
-        estimate = mutations / (speed * workers * 0.85) + 10
+        # Two generators on two cores beside the daemon reach ~70-80 % of twice the calibrated speed; planning
+        # for 60 % keeps the write times on the wall clock (an overrun shifts them, and says so).
+        estimate = mutations / (speed * workers * 0.6) + 10
         planned = time.time() + estimate
         started = time.perf_counter()
         generated = pre_generate(scratch, mutations, args.rate, int(planned * 1e6), args.seed, workers)
@@ -1149,7 +1148,7 @@ def report(
         print()
     print("Runs (Dagster run records and event logs):")
     print()
-    print(runs_table(runs))
+    print(runs_table(runs, window.ended))
     print()
     print(f"CPU over the window and drain ({sampler.seconds:.0f} s), sampled from /proc:")
     print()
