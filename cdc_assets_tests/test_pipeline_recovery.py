@@ -239,3 +239,21 @@ def test_a_run_in_progress_holds_back_the_next(
     )
     decision = poll_node(instance, pipeline.config, pipeline.node, list(TABLES))
     assert isinstance(decision, dg.SkipReason) and "in progress" in (decision.skip_message or "")
+
+
+def test_a_run_not_started_yet_holds_back_the_next(
+    tmp_path: Path, pg_dsn: str, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = open_pipeline(write_config(tmp_path, postgres_destinations(pg_dsn, monkeypatch)), instance)
+    pipeline.write(300, seed=62)
+    request = pipeline.tick()
+    assert request is not None
+    run = instance.create_run_for_job(
+        pipeline.defs.resolve_implicit_global_asset_job_def(), tags=request.tags, asset_selection=frozenset()
+    )
+    # Created, not yet launched (a queued run needs a code location's origin, which an in-process job lacks;
+    # the sensor treats QUEUED and NOT_STARTED alike).
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.NOT_STARTED
+    decision = poll_node(instance, pipeline.config, pipeline.node, list(TABLES))
+    assert isinstance(decision, dg.SkipReason), "a second run was requested while the first waits to start"
+    assert run.run_id in (decision.skip_message or "")

@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping, Sequence
 
 import dagster as dg
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.commitlog.cdc_dir import delete_segment, durable_frontier, list_cdc_segments
@@ -33,6 +32,15 @@ from cdc_assets.validation import BATCH_CHECKS, NO_DEAD_LETTERS, POSITIONS_CONTI
 
 START = "start"
 _FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+# A run counts as holding its node from the moment it is queued: one waiting in the run queue will read the
+# range as surely as one running.
+_HOLDING = (
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+)
 
 
 def run_selection(config: PipelineConfig, node: str, tables: Sequence[str]) -> list[dg.AssetKey]:
@@ -97,9 +105,7 @@ def poll_node(
 ) -> dg.RunRequest | dg.SkipReason:
     """One tick of ``node``'s sensor: a run request for its next range, or why there is none."""
     now = time.time() if now is None else now
-    for record in instance.get_run_records(
-        dg.RunsFilter(tags={NODE_TAG: node.name}, statuses=list(IN_PROGRESS_RUN_STATUSES))
-    ):
+    for record in instance.get_run_records(dg.RunsFilter(tags={NODE_TAG: node.name}, statuses=list(_HOLDING))):
         run = record.dagster_run
         worker = run.tags.get(WORKER_TAG)
         if worker is not None and worker_alive(worker) is False:
