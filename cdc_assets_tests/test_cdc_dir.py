@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from cdc_assets.cassandra_schema.cql_file import load_cql_file
+from cdc_assets.cassandra_schema.tables import SchemaRegistry
 from cdc_assets.commitlog.cdc_dir import (
     CdcIndex,
     IndexNotReadyError,
     list_cdc_segments,
     parse_cdc_index,
     read_cdc_index,
+    read_durable,
     read_new_changes,
 )
 from cdc_assets.commitlog.errors import SegmentVanishedError
@@ -144,3 +146,30 @@ def test_each_problem_is_logged_once_however_many_segments_one_read_covers(
     logged = [record.getMessage() for record in caplog.records if "CRC" in record.getMessage()]
     assert len(result.stats.problems) == 2  # the damaged entry, once per read of the segment
     assert logged == [str(problem) for problem in result.stats.problems]
+
+
+@pytest.mark.parametrize(("max_changes", "max_bytes"), [(150, None), (None, 9_000), (40, 5_000)])
+def test_bounded_reads_cover_the_log_once_and_count_only_what_they_kept(
+    tmp_path: Path, max_changes: int | None, max_bytes: int | None
+) -> None:
+    from cdc_assets.commitlog.generator import Workload, generate, realistic_table
+
+    table = realistic_table()
+    log = generate([table], Workload(seed=4, mutations=1500, sync_every=50, segment_size=128 << 10), [tmp_path])
+    whole = read_durable(CommitLogReader(SchemaRegistry([table])), tmp_path, None)
+    after, reads, positions, mutations = None, 0, [], 0
+    while True:
+        read = read_durable(
+            CommitLogReader(SchemaRegistry([table])), tmp_path, after, max_changes=max_changes, max_bytes=max_bytes
+        )
+        if read.position == after:
+            break
+        batch = read.result.batches["shop.orders"]
+        positions += list(zip(batch.column("_cdc_segment_id").to_pylist(), batch.column("_cdc_position").to_pylist()))
+        mutations += read.result.stats.mutations
+        assert read.result.stats.changes == batch.num_rows
+        after, reads = read.position, reads + 1
+    assert reads > 3
+    expected = [(c["segment_id"], c["position"]) for c in log.changes("shop.orders")]
+    assert positions == expected, "every change read once, in log order"
+    assert mutations == whole.result.stats.mutations == log.mutations

@@ -189,14 +189,14 @@ class CommitLogReader:
         for section, entries in section_entries(
             data, descriptor, path, stats.problems, limit=limit, after=skip_to, keys=self.keys
         ):
-            stats.bytes_read += section.logical_end - section.logical_start
+            decoded = 0
             for position, body in entries:
                 try:
                     updates = decoder.decode(body)
                 except MutationDecodeError as error:
                     self._set_aside(decoder, error, name, position, body, stats)
                     continue
-                stats.mutations += 1
+                decoded += 1
                 for table, changes in updates:
                     if table.keyspace == SCHEMA_KEYSPACE and self._tracker is not None:
                         self._apply_schema_change(table, changes, stats)
@@ -206,8 +206,11 @@ class CommitLogReader:
                         stats.changes += len(changes)
                         for change in changes:
                             yield Change(table, segment_id, position, change)
+            # Counted only once the whole section has been handed out, as the position is: a reader stopped
+            # part-way resumes before the section and reads it again.
+            stats.bytes_read += section.logical_end - section.logical_start
+            stats.mutations += decoded
             if entries:
-                # Only once the whole section has been handed out: a reader stopped part-way resumes earlier.
                 stats.entries += len(entries)
                 stats.last_position = Position(segment_id, entries[-1][0])
         # Only this segment's: stats may carry the problems of segments read before it.
