@@ -8,11 +8,9 @@ real runs on a real Dagster instance, the real ``dagster-daemon`` for the restar
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,9 +41,9 @@ from cdc_assets_tests.alert_harness import (
     open_monitored,
     receivers,
 )
+from cdc_assets_tests.daemon_process import start_daemon, stop_daemon
 from cdc_assets_tests.pipeline_harness import write_config
 
-BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 UI = "http://dagster.example:3000"
 
@@ -261,24 +259,8 @@ def test_a_channel_that_is_down_gets_its_alerts_later_and_the_others_get_them_on
 # --- the real daemon, killed in the middle of a delivery ------------------------------------------------------------
 
 
-def start_daemon(home: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-m", "cdc_assets_tests.alert_location", "-d", str(ROOT)],
-        cwd=home,
-        env=os.environ.copy(),
-        stdout=(home / "daemon.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop_daemon(daemon: subprocess.Popen, sig: int = signal.SIGINT) -> None:
-    os.killpg(daemon.pid, sig)
-    try:
-        daemon.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait()
+def start_alerting_daemon(home: Path) -> subprocess.Popen:
+    return start_daemon(home, "-m", "cdc_assets_tests.alert_location", "-d", str(ROOT))
 
 
 def saved_generation(instance: dg.DagsterInstance) -> int:
@@ -307,16 +289,16 @@ def test_a_daemon_killed_while_sending_resends_nothing_a_channel_has_taken(
         # The first alert reaches the webhook and Slack; the daemon dies while the mail server holds its email.
         smtp.hold_next.set()
         started = time.monotonic()
-        daemon = start_daemon(tmp_path)
+        daemon = start_alerting_daemon(tmp_path)
         try:
             wait_for(smtp.holding.is_set, 45, "the first email", log)
         finally:
-            stop_daemon(daemon, signal.SIGKILL)
+            stop_daemon(daemon, signal.SIGKILL, timeout=30)
         smtp.release.set()
         assert counts(http, smtp) == (1, 1, 0)
         assert saved_generation(instance) == 0  # the tick never ended
 
-        daemon = start_daemon(tmp_path)
+        daemon = start_alerting_daemon(tmp_path)
         try:
             wait_for(lambda: counts(http, smtp) == (2, 2, 2), 45, "the alerts after the restart", log)
             delivered = saved_generation(instance)
@@ -335,7 +317,7 @@ def test_a_daemon_killed_while_sending_resends_nothing_a_channel_has_taken(
             recovered = saved_generation(instance)
             wait_for(lambda: saved_generation(instance) > recovered + 1, 30, "two more ticks", log)
         finally:
-            stop_daemon(daemon)
+            stop_daemon(daemon, timeout=30)
         assert counts(http, smtp) == (3, 3, 3)
         assert [body["kind"] for body in http.webhook] == ["failure", "run_failure", "recovery"]
         assert time.monotonic() - started < 90

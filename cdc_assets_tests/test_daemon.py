@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -18,15 +17,16 @@ import dagster as dg
 import pytest
 
 from cdc_assets.devstack import write_dagster_yaml
+from cdc_assets_tests.daemon_process import start_daemon, stop_daemon
 from cdc_assets_tests.pipeline_harness import NOW, TABLES, Pipeline, open_pipeline, write_config
 
-BIN = Path(sys.executable).parent
 # The in-process ClickHouse engine allows one process per data directory: the run workers own this one, and
 # the test reads it in a process of its own once the daemon has stopped.
 _READ_CLICKHOUSE = """
 import pickle, sys
 from pathlib import Path
 import dagster as dg
+from cdc_assets_tests.daemon_process import start_daemon, stop_daemon
 from cdc_assets_tests.pipeline_harness import NOW, TABLES, open_pipeline
 with dg.instance_for_test() as instance:
     pipeline = open_pipeline(Path(sys.argv[1]), instance)
@@ -59,26 +59,6 @@ def pipeline(home: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterat
         yield open_pipeline(config, instance)
 
 
-def start_daemon(home: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-m", "cdc_assets.definitions"],
-        cwd=home,
-        env=os.environ.copy(),
-        stdout=(home / "daemon.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop_daemon(daemon: subprocess.Popen) -> None:
-    os.killpg(daemon.pid, signal.SIGINT)
-    try:
-        daemon.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait()
-
-
 def wait_until_loaded(pipeline: Pipeline, home: Path, timeout: float = 150) -> None:
     """Until PostgreSQL and TimescaleDB hold what was written and no run is left in progress."""
     deadline = time.monotonic() + timeout
@@ -99,7 +79,7 @@ def wait_until_loaded(pipeline: Pipeline, home: Path, timeout: float = 150) -> N
 
 
 def run_daemon_until_loaded(pipeline: Pipeline, home: Path) -> None:
-    daemon = start_daemon(home)
+    daemon = start_daemon(home, "-m", "cdc_assets.definitions")
     try:
         wait_until_loaded(pipeline, home)
     finally:

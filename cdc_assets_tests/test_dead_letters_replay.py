@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -48,6 +45,7 @@ from cdc_assets.defs.dead_letters import (
 from cdc_assets.defs.keys import stream_key
 from cdc_assets.destinations.model import CassandraModel
 from cdc_assets_tests.chdb_fixture import fresh_prefix
+from cdc_assets_tests.daemon_process import start_daemon, stop_daemon
 from cdc_assets_tests.pipeline_harness import NOW, SHOP_CQL, Pipeline, open_pipeline, write_config
 
 DESTINATIONS = ("postgres", "clickhouse", "timescaledb")
@@ -455,14 +453,7 @@ def test_the_daemon_refreshes_the_report_when_the_store_changes(
     # once race ("table alembic_version already exists").
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster")):
         pass
-    daemon = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-f", "location.py"],
-        cwd=tmp_path,
-        env=environment,
-        stdout=(tmp_path / "daemon.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    daemon = start_daemon(tmp_path, "-f", "location.py", env=environment)
     try:
         with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
             wait_for_report(instance, {"letters": 1, "pending": 1, "replayed": 0}, tmp_path)
@@ -470,12 +461,7 @@ def test_the_daemon_refreshes_the_report_when_the_store_changes(
             store.mark_replayed([1], "loaded into postgres")
             wait_for_report(instance, {"letters": 2, "pending": 1, "replayed": 1}, tmp_path)
     finally:
-        os.killpg(daemon.pid, signal.SIGINT)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
+        stop_daemon(daemon)
         store.close()
 
 
