@@ -114,12 +114,7 @@ class Outcome:
     def evaluation(self, target: dg.EventLogRecord | None = None) -> dg.AssetCheckEvaluation:
         """A runless evaluation; ``target`` is the asset's latest materialization, which it then describes."""
         return dg.AssetCheckEvaluation(
-            asset_key=self.asset_key,
-            check_name=self.check,
-            passed=self.passed,
-            severity=self.severity or dg.AssetCheckSeverity.ERROR,
-            description=self.description,
-            metadata=self.metadata,
+            **self._outcome(),
             target_materialization_data=(
                 AssetCheckEvaluationTargetMaterializationData(
                     storage_id=target.storage_id, run_id=target.run_id, timestamp=target.timestamp
@@ -130,14 +125,18 @@ class Outcome:
         )
 
     def result(self) -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(
-            asset_key=self.asset_key,
-            check_name=self.check,
-            passed=self.passed,
-            severity=self.severity or dg.AssetCheckSeverity.ERROR,
-            description=self.description,
-            metadata=self.metadata,
-        )
+        return dg.AssetCheckResult(**self._outcome())
+
+    def _outcome(self) -> dict[str, Any]:
+        """What a run's result and a sensor's runless evaluation of the check both carry."""
+        return {
+            "asset_key": self.asset_key,
+            "check_name": self.check,
+            "passed": self.passed,
+            "severity": self.severity or dg.AssetCheckSeverity.ERROR,
+            "description": self.description,
+            "metadata": self.metadata,
+        }
 
 
 def signature(passed: bool, severity: dg.AssetCheckSeverity | None, state: Any) -> str:
