@@ -59,11 +59,14 @@ def run_tags(config: PipelineConfig, node: str, origin: str) -> dict[str, str]:
 
 
 def least_consumed(
-    instance: dg.DagsterInstance, config: PipelineConfig, node: str, tables: Sequence[str]
+    instance: dg.DagsterInstance,
+    config: PipelineConfig,
+    node: str,
+    tables: Sequence[str],
+    committed: Committed | None,
 ) -> tuple[Committed | None, bool]:
     """The least frontier every destination has consumed of ``node`` (None if one has no record), and whether
-    any destination is behind the node's committed position."""
-    committed = committed_stream(instance, node)
+    any destination is behind ``committed``, the node's committed position."""
     least: Committed | None = None
     behind = False
     for destination in config.destinations.names:
@@ -116,7 +119,7 @@ def poll_node(
         return dg.SkipReason(f"{node.name}: cdc_raw {node.cdc_raw} does not exist (yet)")
 
     committed = committed_stream(instance, node.name)
-    least, behind = least_consumed(instance, config, node.name, tables)
+    least, behind = least_consumed(instance, config, node.name, tables, committed)
     removed = remove_consumed_segments(node, least.frontier if least else None)
     retention = dt.timedelta(hours=config.staging.retention_hours)
     prune_ranges(

@@ -411,8 +411,8 @@ def _node_outcomes(
     # Imported here: the node sensors import health_check_keys from this module for their run requests.
     from cdc_assets.defs.cassandra.sensors import least_consumed
 
-    least, _ = least_consumed(instance, config, node.name, tables)
     progress = progress or stream_progress(instance, node)
+    least, _ = least_consumed(instance, config, node.name, tables, progress.committed)
     return [
         observe_cdc_raw_space(node, config.checks, least.frontier if least else None, now),
         judge_consumption(node.name, progress, config.checks, now, backlog_seen),
