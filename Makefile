@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # The Dagster webserver's port for `make run` (make run PORT=3001).
 PORT ?= 3000
 
-.PHONY: install run test lint format bench-decode bench-load bench-copy bench-e2e clean
+.PHONY: install run cassandra test lint format bench-decode bench-load bench-read bench-copy bench-e2e clean
 
 $(STAMP): pyproject.toml setup.py cdc_assets/commitlog/_mutation_accel.c
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/cdc-assets run --port $(PORT)
 
+# A real Cassandra 5.0 node with CDC on until Ctrl-C (Java 17 and Maven):
+# make cassandra ARGS="--storage-compatibility-mode NONE --commitlog-compression LZ4Compressor --encryption"
+cassandra: $(STAMP)
+	$(BIN)/cdc-assets cassandra $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check cdc_assets cdc_assets_tests benchmarks
 	$(BIN)/ruff format --check cdc_assets cdc_assets_tests benchmarks
@@ -29,6 +34,7 @@ format: $(STAMP)
 
 test: lint
 	scripts/ensure-postgres.sh
+	scripts/ensure-cassandra.sh $(BIN)/python
 	$(BIN)/pytest -q
 
 bench-decode: $(STAMP)
@@ -36,6 +42,10 @@ bench-decode: $(STAMP)
 
 bench-load: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py
+
+# make bench-read ARGS="--changes 200000 --loads 10 --repeat 5 --destinations postgres,clickhouse"
+bench-read: $(STAMP)
+	$(BIN)/python benchmarks/bench_read.py $(ARGS)
 
 bench-copy: $(STAMP)
 	$(BIN)/python benchmarks/bench_pg_binary.py

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cdc_assets.commitlog.errors import CommitLogError
 
@@ -72,6 +73,53 @@ def _build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(run=_run_dead_letters_list)
     replay.set_defaults(run=_run_dead_letters_replay)
 
+    cassandra = commands.add_parser(
+        "cassandra",
+        help="start a real Cassandra 5.0 node with CDC on until Ctrl-C (make cassandra)",
+        description="A single Cassandra 5.0 node on the loopback, its jars fetched once from Maven Central (needs "
+        "Java 17 and Maven). Prints its contact point and cdc_raw directory; Ctrl-C or SIGTERM stops it.",
+    )
+    cassandra.add_argument("--home", default="var/cassandra", metavar="DIR", help="its state, kept between runs")
+    cassandra.add_argument(
+        "--storage-compatibility-mode",
+        choices=["CASSANDRA_4", "NONE"],
+        default="CASSANDRA_4",
+        help="CASSANDRA_4 writes version 7 segments, NONE version 8 (default %(default)s)",
+    )
+    cassandra.add_argument(
+        "--commitlog-compression", choices=["LZ4Compressor", "ZstdCompressor"], help="compress the commit log"
+    )
+    cassandra.add_argument(
+        "--encryption", action="store_true", help="encrypt the commit log (a JCEKS keystore is made under --home)"
+    )
+    cassandra.set_defaults(run=_run_cassandra)
+
+    snapshot = commands.add_parser(
+        "snapshot",
+        help="read the rows tables hold now (WRITETIME/TTL per cell) and load them into the destinations",
+        description="Snapshot tables that held rows before capture started: read them through cassandra-driver, "
+        "stage the change batches as the pseudo-node _snapshot in the pipeline's staging (masked as configured) and "
+        "load them into every destination, under the load ids the Dagster job cassandra_snapshot uses, so neither "
+        "ever loads a batch twice. With --out, write one Arrow IPC file per table instead, without a configuration. "
+        "With the in-process ClickHouse engine (chdb://), run the job cassandra_snapshot from the Dagster UI "
+        "instead while the pipeline runs: one process per engine.",
+    )
+    snapshot.add_argument(
+        "tables", nargs="*", metavar="KEYSPACE.TABLE", help="tables to snapshot (default: every captured table)"
+    )
+    snapshot.add_argument("--config", metavar="FILE", help="pipeline configuration (default: $CDC_ASSETS_CONFIG)")
+    snapshot.add_argument(
+        "--contact-points", metavar="HOST[,HOST]", help="default: the configuration's snapshot or schema cluster"
+    )
+    snapshot.add_argument("--port", type=int, default=None, help="native protocol port (default 9042)")
+    snapshot.add_argument("--out", metavar="DIR", help="write <DIR>/<keyspace.table>.arrow files instead of loading")
+    snapshot.add_argument("--no-load", action="store_true", help="stage only: the job cassandra_snapshot loads it")
+    snapshot.add_argument("--page-size", type=int, metavar="N", help="rows per page (default 1000)")
+    snapshot.add_argument("--splits", type=int, metavar="N", help="token ranges read in turn (default 16)")
+    snapshot.add_argument("--batch-rows", type=int, metavar="N", help="rows per change batch (default 20000)")
+    snapshot.add_argument("--consistency", metavar="LEVEL", help="read consistency (default LOCAL_QUORUM)")
+    snapshot.set_defaults(run=_run_snapshot)
+
     from cdc_assets.commitlog.generator.cli import register
 
     register(commands)
@@ -101,6 +149,21 @@ def _run_run(args: argparse.Namespace) -> int:
     from cdc_assets.devstack import run
 
     return run(args.home, args.port, args.rate)
+
+
+def _run_cassandra(args: argparse.Namespace) -> int:
+    from cdc_assets.cassandra_node import CassandraNodeError, NodeSettings, serve
+
+    settings = NodeSettings(
+        storage_compatibility_mode=args.storage_compatibility_mode,
+        commitlog_compression=args.commitlog_compression,
+        encryption=args.encryption,
+    )
+    try:
+        return serve(args.home, settings)
+    except CassandraNodeError as error:
+        print(f"cdc-assets: error: {error}", file=sys.stderr)
+        return 1
 
 
 def _run_dead_letters_list(args: argparse.Namespace) -> int:
@@ -148,6 +211,125 @@ def _run_dead_letters_replay(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _run_snapshot(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from cdc_assets.config import ClusterSchema
+    from cdc_assets.defs.cassandra.schema import connect_cluster
+    from cdc_assets.snapshot import SnapshotOptions
+
+    config = None if args.out else _load_config(args.config)
+    cluster_config = config.snapshot_cluster if config is not None else None
+    if args.contact_points:
+        port = args.port or (cluster_config.port if cluster_config else 9042)
+        cluster_config = ClusterSchema(contact_points=args.contact_points.split(","), port=port)
+    if cluster_config is None:
+        raise ValueError(
+            "no cluster to read: give --contact-points, or snapshot.cluster or schema.cluster in the configuration"
+        )
+    options = SnapshotOptions()
+    if config is not None:
+        from cdc_assets.defs.cassandra.snapshot import snapshot_options
+
+        options = snapshot_options(config)
+    chosen = {name: getattr(args, name) for name in ("page_size", "splits", "batch_rows", "consistency")}
+    options = replace(options, **{name: value for name, value in chosen.items() if value is not None})
+    cluster = connect_cluster(cluster_config)
+    try:
+        session = cluster.connect()
+        if args.out:
+            return _snapshot_to_files(session, args.tables, options, args.out)
+        assert config is not None
+        return _snapshot_to_destinations(config, session, args.tables, options, load=not args.no_load)
+    finally:
+        cluster.shutdown()
+
+
+def _load_config(path: str | None) -> Any:
+    from cdc_assets.config import load_config
+
+    return load_config(path)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _snapshot_to_files(session: Any, names: Sequence[str], options: Any, out: str) -> int:
+    import pyarrow as pa
+
+    from cdc_assets.cassandra_schema.driver import load_from_cluster
+    from cdc_assets.change_batch import change_batch_schema
+    from cdc_assets.snapshot import TableSnapshot
+
+    if not names:
+        raise ValueError("--out needs the tables to snapshot (KEYSPACE.TABLE ...)")
+    registry = load_from_cluster(session, sorted({name.split(".", 1)[0] for name in names}))
+    os.makedirs(out, exist_ok=True)
+    for name in names:
+        table = registry.by_name(*name.split(".", 1)) if "." in name else None
+        if table is None:
+            raise ValueError(f"{name}: no such table in the cluster (give KEYSPACE.TABLE)")
+        reader = TableSnapshot(session, table, options, progress=_progress)
+        path = os.path.join(out, f"{name}.arrow")
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, change_batch_schema(table)) as writer:
+            for batch in reader.batches():
+                writer.write_batch(batch)
+        print(_snapshot_line(reader.stats, path))
+    return 0
+
+
+def _snapshot_to_destinations(config: Any, session: Any, names: Sequence[str], options: Any, *, load: bool) -> int:
+    from cdc_assets.defs.cassandra.schema import captured_tables, load_registry
+    from cdc_assets.defs.cassandra.snapshot import load_snapshot
+    from cdc_assets.defs.dead_letters import open_destinations
+    from cdc_assets.defs.partitions import current_partition
+    from cdc_assets.masking import mask_batch
+    from cdc_assets.snapshot import stage_snapshot
+
+    captured = captured_tables(config, load_registry(config.schema))
+    unknown = [name for name in names if name not in captured]
+    if unknown:
+        raise ValueError(f"not captured tables: {', '.join(unknown)} (captured: {', '.join(captured)})")
+    tables = [captured[name] for name in names or captured]
+    staged = stage_snapshot(
+        config.staging.path,
+        current_partition(),
+        session,
+        tables,
+        options,
+        mask=lambda table, batch: mask_batch(table, batch, config.masking),
+        progress=_progress,
+    )
+    for name, stats in staged.stats.items():
+        print(_snapshot_line(stats, f"{len([r for r in staged.ranges if name in r.tables])} staged range(s)"))
+    if not load:
+        return 0
+    destinations = open_destinations(config)
+    failed = 0
+    try:
+        for destination, outcomes in load_snapshot(staged, destinations).items():
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    failed += 1
+                    print(f"{destination}\t{outcome.table}\tfailed at {outcome.failed_load_id}: {outcome.error}")
+                else:
+                    print(
+                        f"{destination}\t{outcome.table}\tloaded {outcome.changes:,} changes in {outcome.seconds:.2f} s"
+                    )
+    finally:
+        for destination in destinations.values():
+            destination.close()
+    return 1 if failed else 0
+
+
+def _snapshot_line(stats: Any, where: str) -> str:
+    return (
+        f"{stats.table}\t{stats.rows:,} rows\t{stats.partitions:,} partitions\t{stats.cells:,} cells\t"
+        f"{stats.pages:,} pages\t{stats.seconds:.2f} s\t{where}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
@@ -157,11 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cdc-assets: error: {error}", file=sys.stderr)
         return 1
     except Exception as error:
-        # The dead-letter store and the replay fail with errors of their own, which never hold a secret.
+        # The dead-letter store, the replay and the snapshot fail with errors of their own, which never hold a
+        # secret.
         from cdc_assets.dead_letters import DeadLetterStoreError
         from cdc_assets.defs.dead_letters import ReplayError
+        from cdc_assets.snapshot import SnapshotError
 
-        if isinstance(error, DeadLetterStoreError | ReplayError):
+        if isinstance(error, DeadLetterStoreError | ReplayError | SnapshotError):
             print(f"cdc-assets: error: {error}", file=sys.stderr)
             return 1
         raise

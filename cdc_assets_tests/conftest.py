@@ -23,8 +23,13 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-# The chdb engine fixtures, for every module (chdb hosts one engine per process), and the pipeline's.
-pytest_plugins = ["cdc_assets_tests.chdb_fixture", "cdc_assets_tests.pipeline_harness"]
+# The chdb engine fixtures, for every module (chdb hosts one engine per process), the pipeline's, and the
+# real Cassandra nodes of the tests marked ``cassandra``.
+pytest_plugins = [
+    "cdc_assets_tests.chdb_fixture",
+    "cdc_assets_tests.pipeline_harness",
+    "cdc_assets_tests.cassandra_fixture",
+]
 
 LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

@@ -18,12 +18,12 @@ import dagster as dg
 import pytest
 import yaml
 
-from cdc_assets.cassandra_schema.cql_file import load_cql_file
 from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.change_batch import build_change_batch
 from cdc_assets.commitlog.generator import Workload, generate
 from cdc_assets.config import PipelineConfig, load_config
 from cdc_assets.definitions import build_definitions
+from cdc_assets.defs.cassandra.schema import load_registry
 from cdc_assets.defs.keys import destination_key
 from cdc_assets.destinations.model import CassandraModel
 from cdc_assets_tests.chdb_fixture import fresh_prefix
@@ -140,7 +140,7 @@ class Pipeline:
 
 def open_pipeline(config_path: Path, instance: dg.DagsterInstance) -> Pipeline:
     config = load_config(config_path)
-    registry = load_cql_file(SHOP_CQL)
+    registry = load_registry(config.schema)
     tables = {name: registry.by_name(*name.split(".")) for name in config.tables}
     return Pipeline(config, build_definitions(config), instance, tables)  # type: ignore[arg-type]
 

@@ -192,3 +192,22 @@ def test_a_type_using_a_missing_type_is_an_error_naming_both():
 def test_without_cassandra_driver_loading_from_a_cluster_says_how_to_install_it():
     with pytest.raises(ImportError, match=r"cdc_assets\[cassandra\]"):
         load_from_cluster("127.0.0.1")
+
+
+@pytest.mark.cassandra
+def test_loading_every_keyspace_of_a_real_5_0_node_skips_cassandras_own(cassandra_node):
+    # system.local's dropped thrift_version has a dropped_time no datetime can hold: its row must not be read.
+    session = cassandra_node.session()
+    keyspace = f"schema_{uuid.uuid4().hex[:12]}"
+    session.execute(
+        f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+    )
+    session.execute(f"CREATE TABLE {keyspace}.t (k int PRIMARY KEY, v int, gone text) WITH cdc = true")
+    session.execute(f"ALTER TABLE {keyspace}.t DROP gone")
+
+    registry = load_from_cluster(session)
+
+    table = registry.by_name(keyspace, "t")
+    assert [column.name for column in table.regulars] == ["v"]
+    assert [dropped.name for dropped in table.dropped] == ["gone"]
+    assert not [t for t in registry if t.keyspace.startswith("system")]

@@ -1,6 +1,6 @@
 """Table definitions from a live cluster's ``system_schema``, read through cassandra-driver.
 
-cassandra-driver is an optional extra (``pip install 'cdc_assets[cassandra]'``). The conversion of
+cassandra-driver is imported only when a cluster is read. The conversion of
 ``system_schema`` rows into table definitions is :func:`registry_from_system_rows`, a pure function;
 :func:`load_from_cluster` only runs the four queries.
 """
@@ -62,7 +62,7 @@ def _connect(contact_points: str | Sequence[str]) -> Any:
         from cassandra.cluster import Cluster
     except ImportError as error:
         raise ImportError(
-            "reading the schema from a cluster needs cassandra-driver: pip install 'cdc_assets[cassandra]'"
+            "reading the schema from a cluster needs cassandra-driver: pip install cassandra-driver"
         ) from error
     hosts = [host.strip() for host in contact_points.split(",")] if isinstance(contact_points, str) else contact_points
     return Cluster(contact_points=list(hosts))
@@ -81,6 +81,8 @@ def load_from_cluster(session_or_contact_points: Any, keyspaces: Iterable[str] |
         cluster = _connect(session_or_contact_points)
         session = cluster.connect()
     try:
+        if keyspaces is None:
+            keyspaces = _user_keyspaces(session)
         rows = {table: _select(session, table, keyspaces) for table in _QUERIED_TABLES}
     finally:
         if cluster is not None:
@@ -88,12 +90,20 @@ def load_from_cluster(session_or_contact_points: Any, keyspaces: Iterable[str] |
     return registry_from_system_rows(rows["tables"], rows["columns"], rows["types"], rows["dropped_columns"])
 
 
-def _select(session: Any, table: str, keyspaces: Iterable[str] | None) -> list[Mapping[str, Any]]:
+def _user_keyspaces(session: Any) -> list[str]:
+    """Every keyspace but Cassandra's own.
+
+    Their rows are never read, not even to be filtered out: 5.0 records ``system.local``'s dropped
+    ``thrift_version`` at ``Long.MAX_VALUE`` µs, a ``dropped_time`` the driver cannot turn into a datetime.
+    """
+    rows = session.execute(f"SELECT keyspace_name FROM {SCHEMA_KEYSPACE}.keyspaces")
+    names = (_as_mapping(row)["keyspace_name"] for row in rows)
+    return sorted(name for name in names if name not in SYSTEM_KEYSPACES)
+
+
+def _select(session: Any, table: str, keyspaces: Iterable[str]) -> list[Mapping[str, Any]]:
     # SELECT * rather than a column list: older versions lack some columns (3.0 has no tables.cdc).
     query = f"SELECT * FROM {SCHEMA_KEYSPACE}.{table}"
-    if keyspaces is None:
-        rows = (_as_mapping(row) for row in session.execute(query))
-        return [row for row in rows if row["keyspace_name"] not in SYSTEM_KEYSPACES]
     selected: list[Mapping[str, Any]] = []
     for keyspace in keyspaces:
         if not isinstance(keyspace, str):

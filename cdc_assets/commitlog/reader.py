@@ -20,7 +20,7 @@ import pyarrow as pa
 from cdc_assets.cassandra_schema.log_changes import SchemaTracker
 from cdc_assets.cassandra_schema.system_tables import SCHEMA_KEYSPACE, SYSTEM_SCHEMA_TABLES, SYSTEM_TABLE_NAMES
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
-from cdc_assets.change_batch import ChangeBatchBuilder
+from cdc_assets.change_batch import META_COLUMN_KIND, ChangeBatchBuilder
 from cdc_assets.commitlog.descriptor import DECODABLE_VERSIONS, SegmentDescriptor, read_descriptor
 from cdc_assets.commitlog.encryption import EncryptionKeys
 from cdc_assets.commitlog.entries import section_entries
@@ -331,17 +331,65 @@ class CommitLogReader:
 
 
 def _merge_batches(parts: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
-    """One batch in the newest schema: columns added later are null in older rows, dropped ones disappear."""
+    """One batch in the newest schema: columns added later are null in older rows, dropped ones disappear.
+
+    Two schema changes keep a column's older values under a new shape: a renamed primary key column (the
+    only columns ``ALTER TABLE ... RENAME`` may rename) keeps its values under its new name, in the range
+    bounds too; and a UDT that gained fields (``ALTER TYPE ... ADD``) reads as before with the new fields null.
+    """
     if len(parts) == 1:
         return parts[0]
     conformed = []
     for part in parts:
+        renamed = _renamed_keys(part.schema, schema)
         columns = []
         for target in schema:
-            index = part.schema.get_field_index(target.name)
-            if index >= 0 and part.schema.field(index).type == target.type:
-                columns.append(part.column(index))
-            else:
-                columns.append(pa.nulls(part.num_rows, target.type))
+            index = part.schema.get_field_index(renamed.get(target.name, target.name))
+            column = _conformed(part.column(index), target.type, renamed) if index >= 0 else None
+            columns.append(pa.nulls(part.num_rows, target.type) if column is None else column)
         conformed.append(pa.RecordBatch.from_arrays(columns, schema=schema))
     return pa.Table.from_batches(conformed, schema=schema).combine_chunks().to_batches()[0]
+
+
+def _renamed_keys(older: pa.Schema, newest: pa.Schema) -> dict[str, str]:
+    """New name → old name of each primary key column renamed between two schemas of one table.
+
+    Cassandra keys values by their place in the key, never by name: the column at the same place in the
+    partition key or the clustering is the same column.
+    """
+    renamed = {}
+    for kind in (b"partition_key", b"clustering"):
+        old, new = ([f.name for f in s if (f.metadata or {}).get(META_COLUMN_KIND) == kind] for s in (older, newest))
+        renamed.update({new_name: old_name for old_name, new_name in zip(old, new) if old_name != new_name})
+    return renamed
+
+
+def _conformed(column: pa.Array, target: pa.DataType, renamed: dict[str, str]) -> pa.Array | None:
+    """``column`` in the ``target`` type when only struct fields were added or key fields renamed; else None."""
+    if column.type == target:
+        return column
+    if pa.types.is_struct(column.type) and renamed:
+        # The range bounds: a struct of the clustering columns, by name.
+        names = {old: new for new, old in renamed.items()}
+        fields = [field.with_name(names.get(field.name, field.name)) for field in column.type]
+        column = pa.StructArray.from_arrays(column.flatten(), fields=fields, mask=column.is_null())
+    if not _grown(column.type, target):
+        return None
+    return column.cast(target)
+
+
+def _grown(older: pa.DataType, newer: pa.DataType) -> bool:
+    """Whether ``newer`` is ``older`` with struct fields added (a UDT's new fields, at any depth), nothing else."""
+    if older == newer:
+        return True
+    if pa.types.is_struct(older) and pa.types.is_struct(newer):
+        fields = {field.name: field.type for field in newer}
+        return all(field.name in fields and _grown(field.type, fields[field.name]) for field in older)
+    if pa.types.is_map(older) and pa.types.is_map(newer):
+        return _grown(older.key_type, newer.key_type) and _grown(older.item_type, newer.item_type)
+    for is_list in (pa.types.is_list, pa.types.is_large_list):
+        if is_list(older) and is_list(newer):
+            return _grown(older.value_type, newer.value_type)
+    if pa.types.is_fixed_size_list(older) and pa.types.is_fixed_size_list(newer):
+        return older.list_size == newer.list_size and _grown(older.value_type, newer.value_type)
+    return False

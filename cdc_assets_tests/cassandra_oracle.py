@@ -1,0 +1,71 @@
+"""What a real node's ``SELECT *`` returns, in the canonical form every destination's ``current_state`` uses.
+
+cassandra-driver hands back its own types for some CQL values (``cassandra.util.Date``, ``Time``,
+``Duration``, sorted sets, ordered maps, UDT named tuples); :func:`select_all` turns them into the forms
+:func:`cdc_assets.destinations.model.canonical_rows` accepts, then into the canonical form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from cassandra.util import Date, Duration, Time
+
+from cdc_assets.cassandra_schema.tables import TableSchema
+from cdc_assets.cassandra_schema.types import CqlType
+from cdc_assets.destinations.model import canonical_rows
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def select_all(session: Any, table: TableSchema) -> list[dict[str, Any]]:
+    """Every row ``SELECT * FROM ks.t`` returns now, canonical (``cdc_assets.destinations.model``'s docstring)."""
+    query = f'SELECT * FROM "{table.keyspace}"."{table.name}"'
+    result = session.execute(query)
+    # Rows are tuples whatever the session's row factory; the driver's named tuples mangle quoted names.
+    names = result.column_names
+    columns = table.partition_key + table.clustering + table.statics + table.regulars
+    rows = []
+    for row in result:
+        values = dict(zip(names, row.values() if isinstance(row, Mapping) else row))
+        rows.append({column.name: driver_value(column.type, values.get(column.name)) for column in columns})
+    return canonical_rows(table, rows)
+
+
+def driver_value(cql: CqlType, value: Any) -> Any:
+    """One value as cassandra-driver returns it, in a form ``canonical_value`` accepts."""
+    if value is None:
+        return None
+    if isinstance(value, Date):
+        return value.days_from_epoch
+    if isinstance(value, Time):
+        return value.nanosecond_time
+    if isinstance(value, Duration):
+        return (value.months, value.days, value.nanoseconds)
+    kind = cql.kind
+    if kind == "timestamp":
+        return timestamp_ms(value)
+    if kind in ("list", "set", "vector"):
+        return [driver_value(cql.args[0], element) for element in value]
+    if kind == "map":
+        key_type, value_type = cql.args
+        pairs = value.items() if isinstance(value, Mapping) else value
+        return [(driver_value(key_type, k), driver_value(value_type, v)) for k, v in pairs]
+    if kind in ("tuple", "udt"):
+        return [driver_value(arg, item) for arg, item in zip(cql.args, value)]
+    return value
+
+
+def timestamp_ms(value: dt.datetime) -> int:
+    """A driver timestamp as the exact milliseconds the node holds.
+
+    The driver builds the datetime from ``ms / 1000.0``, a float: far from 1970 that lands a few microseconds
+    below the true instant (9999-12-31T23:59:59.999 comes back as ...59.998993), and truncating it loses a
+    millisecond. The float's error is far below half a millisecond anywhere in ``datetime``'s range, so
+    rounding to the nearest millisecond gives the stored value back.
+    """
+    aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    micros = (aware - _EPOCH) // dt.timedelta(microseconds=1)
+    return (micros + 500) // 1000
