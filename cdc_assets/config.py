@@ -191,6 +191,25 @@ class RetryConfig(_Strict):
     max_backoff_seconds: float = Field(default=300.0, ge=1)
 
 
+Consistency = Literal["ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE"]
+
+
+class SnapshotConfig(_Strict):
+    """The snapshot of the rows a table held before capture started (``cdc_assets.snapshot``).
+
+    It reads through cassandra-driver from ``cluster``, by default the schema source's cluster; with neither,
+    the pipeline has no snapshot assets.
+    """
+
+    cluster: ClusterSchema | None = None
+    page_size: int = Field(default=1000, ge=1)
+    consistency: Consistency = "LOCAL_QUORUM"
+    #: Token ranges read one after another, each logged as it completes.
+    splits: int = Field(default=16, ge=1)
+    #: CQL rows per change batch, and so per staged range and per destination load.
+    batch_rows: int = Field(default=20_000, ge=1)
+
+
 class StagingConfig(_Strict):
     """Where staged change batches (Parquet) are kept, and for how long: backfills work within the retention."""
 
@@ -269,7 +288,7 @@ class AlertsConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    """The whole pipeline: nodes, schema, tables, destinations, masking, bounds, staging, retries."""
+    """The whole pipeline: nodes, schema, tables, destinations, masking, bounds, staging, snapshots, retries."""
 
     nodes: list[NodeConfig] = Field(min_length=1)
     schema_: SchemaConfig = Field(alias="schema")
@@ -279,6 +298,7 @@ class PipelineConfig(_Strict):
     micro_batch: MicroBatchConfig = Field(default_factory=MicroBatchConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     staging: StagingConfig = Field(default_factory=StagingConfig)
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     dead_letters: DeadLettersSetting = Path("var/dead_letters.jsonl")
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
@@ -304,6 +324,11 @@ class PipelineConfig(_Strict):
     @property
     def schema(self) -> SchemaConfig:
         return self.schema_
+
+    @property
+    def snapshot_cluster(self) -> ClusterSchema | None:
+        """Where snapshots are read: the snapshot's own cluster, else the schema source's."""
+        return self.snapshot.cluster or self.schema_.cluster
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:

@@ -2,7 +2,8 @@
 
 Everything is built from the pipeline configuration (``cdc_assets.config``): a stream asset and a sensor
 per Cassandra node, a staged asset per captured table, and an asset per table in each configured
-destination, all on the one hourly partitioning.
+destination, all on the one hourly partitioning; with a cluster to read from, a snapshot asset per table
+and the job that loads snapshots.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from cdc_assets.defs.alerts import alert_definitions
 from cdc_assets.defs.cassandra.assets import cassandra_assets
 from cdc_assets.defs.cassandra.schema import captured_tables, load_registry
 from cdc_assets.defs.cassandra.sensors import node_sensors
+from cdc_assets.defs.cassandra.snapshot import snapshot_definitions
 from cdc_assets.defs.checks.health import health_definitions
 from cdc_assets.defs.checks.window import window_check_definitions
 from cdc_assets.defs.clickhouse.resources import ClickHouseResource
@@ -42,7 +44,8 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
     registry = load_registry(config.schema)
     tables = captured_tables(config, registry)
     assets = [cassandra_assets(config, registry, tables)]
-    assets += [destination_assets(config, tables, name) for name in config.destinations.names]
+    snapshots = config.snapshot_cluster is not None
+    assets += [destination_assets(config, tables, name, snapshots=snapshots) for name in config.destinations.names]
     pipeline = dg.Definitions(
         assets=assets,
         sensors=node_sensors(config, tables),
@@ -55,6 +58,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         window_check_definitions(config, tables),
         dead_letter_definitions(config, tables),
         health_definitions(config, tables),
+        snapshot_definitions(config, tables),
         alert_definitions(config),
     )
 

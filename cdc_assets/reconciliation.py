@@ -12,9 +12,10 @@ Two questions per touched key, every side read at one fixed ``now`` (TTLs expire
   merges commute), restricted to the touched keys (:class:`Replay`).
 
 The replay is exact while the staged history is whole: every node's ranges run from the start of its stream
-without a gap (:func:`history_is_whole`). Once ranges older than the retention are pruned, the replay knows only
-the cells written since; a destination is then held to *contain* it (every replayed row present, every replayed
-value equal), and the agreement between destinations carries the rest.
+without a gap (:func:`history_is_whole`); a snapshot's batches (the pseudo-node ``_snapshot``) each stand alone.
+Once ranges older than the retention are pruned, the replay knows only the cells written since; a destination
+is then held to *contain* it (every replayed row present, every replayed value equal), and the agreement between
+destinations carries the rest.
 
 Keys touched by changes that some destination has not loaded yet are *in flight*: they are counted and left out,
 so that a check running beside the live flow does not report a load that is merely still to come.
@@ -48,6 +49,7 @@ from cdc_assets.destinations.model import (
     row_sort_key,
     value_bytes,
 )
+from cdc_assets.snapshot import SNAPSHOT_NODE
 from cdc_assets.staging import StagedRange, position_key
 
 #: How many disagreeing keys a verdict lists.
@@ -72,10 +74,14 @@ def touched_keys(table: TableSchema, batches: Iterable[pa.RecordBatch]) -> dict[
 
 
 def history_is_whole(ranges: Iterable[StagedRange]) -> bool:
-    """Whether every node's staged ranges run from the start of its stream without a gap (overlaps are fine)."""
+    """Whether every node's staged ranges run from the start of its stream without a gap (overlaps are fine).
+
+    Snapshot batches follow no stream: whichever of them are staged are replayed whole.
+    """
     by_node: dict[str, list[StagedRange]] = defaultdict(list)
     for staged in ranges:
-        by_node[staged.node].append(staged)
+        if staged.node != SNAPSHOT_NODE:
+            by_node[staged.node].append(staged)
     for node_ranges in by_node.values():
         node_ranges.sort(key=lambda r: position_key(r.after))
         if node_ranges[0].after is not None:

@@ -29,6 +29,12 @@ def staged_key(table: str) -> dg.AssetKey:
     return dg.AssetKey([CASSANDRA, keyspace, name])
 
 
+def snapshot_key(table: str) -> dg.AssetKey:
+    """The snapshot of ``keyspace.table``: the rows it held before capture started, staged for the loads."""
+    keyspace, name = table.split(".", 1)
+    return dg.AssetKey([CASSANDRA, "snapshot", keyspace, name])
+
+
 def destination_key(destination: str, table: str) -> dg.AssetKey:
     """``keyspace.table`` as loaded into ``destination`` (``postgres``, ``clickhouse``, ``timescaledb``)."""
     keyspace, name = table.split(".", 1)

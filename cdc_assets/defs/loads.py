@@ -10,6 +10,9 @@ steps, go on; a transient failure is retried with backoff, first here and then b
 A **backfill** (any run without a node tag: the Materialize dialog, ``dagster asset backfill``, GraphQL
 ``launchPartitionBackfill``) loads every staged range of the windows it was given, from every node, under
 load ids of its own, so it rebuilds what a destination lost; it never moves a consumed position.
+
+A **snapshot** run (the job ``cassandra_snapshot``, tagged with the pseudo-node ``_snapshot``) is a live run of
+that pseudo-node: it loads the snapshot batches staged since the last one it loaded (``defs/cassandra/snapshot.py``).
 """
 
 import time
@@ -23,11 +26,12 @@ import dagster as dg
 from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.config import PipelineConfig
 from cdc_assets.defs.cassandra.assets import kinds_markdown
-from cdc_assets.defs.keys import CONSUMED, NODE_TAG, destination_key, staged_key
+from cdc_assets.defs.keys import CONSUMED, NODE_TAG, destination_key, snapshot_key, staged_key
 from cdc_assets.defs.ledger import Committed, consumed
 from cdc_assets.defs.partitions import hourly
 from cdc_assets.destinations.base import Destination, LoadResult, PermanentDestinationError
 from cdc_assets.retry import describe_error, retry
+from cdc_assets.snapshot import SNAPSHOT_NODE
 from cdc_assets.staging import StagedRange, list_ranges, position_text
 
 BACKFILL_SUFFIX = "#backfill-"
@@ -102,8 +106,11 @@ def load_ranges(
     return outcome
 
 
-def load_metadata(outcome: TableLoad, loaded_at: float) -> dict[str, Any]:
-    """Changes by kind, source positions, bytes, lag from write time to load, duration, dead letters."""
+def load_metadata(outcome: TableLoad, loaded_at: float, *, lag: bool = True) -> dict[str, Any]:
+    """Changes by kind, source positions, bytes, lag from write time to load, duration, dead letters.
+
+    ``lag`` is left out of a snapshot's load: its write times are the age of the data, not of the stream.
+    """
     kinds = outcome.kinds()
     sizes = sum(s.tables[outcome.table].bytes for s, _ in outcome.ranges if outcome.table in s.tables)
     metadata: dict[str, Any] = {
@@ -123,7 +130,7 @@ def load_metadata(outcome: TableLoad, loaded_at: float) -> dict[str, Any]:
         metadata["last position"] = str(max(lasts))
     newest = [t.newest_write_us for t in tables if t.newest_write_us is not None]
     oldest = [t.oldest_write_us for t in tables if t.oldest_write_us is not None]
-    if newest:
+    if newest and lag:
         metadata["lag, newest change (s)"] = dg.MetadataValue.float(round(loaded_at - max(newest) / 1e6, 3))
         metadata["lag, oldest change (s)"] = dg.MetadataValue.float(round(loaded_at - min(oldest) / 1e6, 3))
     if outcome.ranges:
@@ -144,13 +151,14 @@ def _failure(destination: str, outcome: TableLoad) -> str:
 
 
 def destination_assets(
-    config: PipelineConfig, tables: Mapping[str, TableSchema], destination: str
+    config: PipelineConfig, tables: Mapping[str, TableSchema], destination: str, *, snapshots: bool = False
 ) -> dg.AssetsDefinition:
-    """One asset per captured table in ``destination``, fed by the table's staged asset."""
+    """One asset per captured table in ``destination``, fed by the table's staged asset (and its snapshot asset,
+    when the pipeline has ``snapshots``)."""
     specs = [
         dg.AssetSpec(
             destination_key(destination, name),
-            deps=[staged_key(name)],
+            deps=[staged_key(name), *([snapshot_key(name)] if snapshots else [])],
             group_name=destination,
             kinds={destination},
             partitions_def=hourly,
@@ -218,7 +226,7 @@ def _live(
         if outcome.consumed is not None:
             positions[node] = outcome.consumed
         if outcome.ranges or outcome.consumed is not None or outcome.error is None:
-            metadata = load_metadata(outcome, time.time())
+            metadata = load_metadata(outcome, time.time(), lag=node != SNAPSHOT_NODE)
             metadata[CONSUMED] = dg.MetadataValue.json({n: c.to_json() for n, c in positions.items()})
             metadata["node"] = node
             yield dg.MaterializeResult(asset_key=destination_key(destination, name), metadata=metadata)

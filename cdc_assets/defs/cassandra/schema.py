@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from cdc_assets.cassandra_schema.cql_file import load_cql_file
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
-from cdc_assets.config import ConfigError, PipelineConfig, SchemaConfig
+from cdc_assets.config import ClusterSchema, ConfigError, PipelineConfig, SchemaConfig
 
 
 def load_registry(schema: SchemaConfig) -> SchemaRegistry:
@@ -14,24 +15,28 @@ def load_registry(schema: SchemaConfig) -> SchemaRegistry:
     if schema.cql_file is not None:
         return load_cql_file(schema.cql_file)
     assert schema.cluster is not None
+    from cdc_assets.cassandra_schema.driver import load_from_cluster
+
+    cluster = connect_cluster(schema.cluster)
+    try:
+        session = cluster.connect()
+        return load_from_cluster(session, schema.cluster.keyspaces)
+    finally:
+        cluster.shutdown()
+
+
+def connect_cluster(cluster_config: ClusterSchema) -> Any:
+    """A cassandra-driver ``Cluster`` for ``cluster_config``, credentials from the environment it names."""
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import Cluster
 
-    from cdc_assets.cassandra_schema.driver import load_from_cluster
-
-    cluster_config = schema.cluster
     auth = None
     if cluster_config.username_env:
         auth = PlainTextAuthProvider(
             os.environ.get(cluster_config.username_env, ""),
             os.environ.get(cluster_config.password_env or "", ""),
         )
-    cluster = Cluster(contact_points=cluster_config.contact_points, port=cluster_config.port, auth_provider=auth)
-    try:
-        session = cluster.connect()
-        return load_from_cluster(session, cluster_config.keyspaces)
-    finally:
-        cluster.shutdown()
+    return Cluster(contact_points=cluster_config.contact_points, port=cluster_config.port, auth_provider=auth)
 
 
 def captured_tables(config: PipelineConfig, registry: SchemaRegistry) -> dict[str, TableSchema]:
