@@ -141,7 +141,13 @@ def _values(cql: CqlType, count: int, rng: np.random.Generator, unique: bool = F
         return pa.array([f"{word}-{n}" for word, n in zip(base, serial if unique else rng.integers(0, 10_000, count))])
     if kind == "boolean":
         return pa.array(rng.random(count) < 0.5)
-    if kind in ("tinyint", "smallint", "int", "bigint", "counter", "varint"):
+    if kind == "counter":
+        # One leader's shard per change, as the leader logs it: its counter id, a clock, its running count.
+        counts = pa.array(serial if unique else rng.integers(0, 2**40, size=count))
+        leader = pa.array([b"\x0a" * 16] * count, pa.binary(16))
+        shards = pa.StructArray.from_arrays([leader, pa.array(serial), counts], names=["id", "clock", "count"])
+        return pa.ListArray.from_arrays(pa.array(np.arange(count + 1, dtype=np.int32)), shards)
+    if kind in ("tinyint", "smallint", "int", "bigint", "varint"):
         bits = {"tinyint": 7, "smallint": 15, "int": 31}.get(kind, 40)
         numbers = serial if unique else rng.integers(0, 2**bits, size=count)
         return pa.array(numbers).cast(cb.arrow_type(cql))

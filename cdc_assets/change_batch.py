@@ -50,7 +50,12 @@ minus 1), and ``cells`` the elements written, each with its own write time:
 CQL → Arrow (the value ``T`` above, and key columns):
 
 - ascii, text, varchar → string; blob → binary; boolean → bool
-- tinyint/smallint/int/bigint → int8/int16/int32/int64; counter → int64 (the shard total the log holds)
+- tinyint/smallint/int/bigint → int8/int16/int32/int64
+- counter → ``list<struct<id: fixed_size_binary(16), clock: int64, count: int64>>``: the shards of the
+  counter context the cell holds (format notes 11.5), in counter id order. A leader logs its own shard
+  only (its counter id, a clock, its running count: neither the delta nor the total); a read repair or a
+  hint logs the shards it merged. So one change holds no value of the counter: that is the sum of every
+  leader's newest shard over all the cell's changes, wrapped at 64 bits (:func:`counter_total`)
 - float → float32; double → float64
 - varint, decimal → string holding the exact decimal text (Arrow decimals have a fixed precision and
   scale; Cassandra's do not)
@@ -106,6 +111,10 @@ META_COLUMN_KIND = b"cdc_assets.column_kind"
 WRITETIME_TYPE = pa.int64()
 TTL_TYPE = pa.int32()
 SECONDS_TYPE = pa.timestamp("s", tz="UTC")
+COUNTER_SHARDS_TYPE = pa.list_(
+    pa.struct([pa.field("id", pa.binary(16)), pa.field("clock", pa.int64()), pa.field("count", pa.int64())])
+)
+_INT64_SPAN = 1 << 64
 
 _SCALARS: dict[str, pa.DataType] = {
     "ascii": pa.string(),
@@ -116,7 +125,7 @@ _SCALARS: dict[str, pa.DataType] = {
     "smallint": pa.int16(),
     "int": pa.int32(),
     "bigint": pa.int64(),
-    "counter": pa.int64(),
+    "counter": COUNTER_SHARDS_TYPE,
     "float": pa.float32(),
     "double": pa.float64(),
     "varint": pa.string(),
@@ -312,3 +321,8 @@ def build_change_batch(table: TableSchema, changes: Iterable[Mapping[str, Any]])
     for change in changes:
         builder.add(**change)
     return builder.finish()
+
+
+def counter_total(counts: Iterable[int]) -> int:
+    """The sum of shards' counts, wrapping at 64 bits as Cassandra's ``CounterContext.total`` does."""
+    return (sum(counts) + (1 << 63)) % _INT64_SPAN - (1 << 63)

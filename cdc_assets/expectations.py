@@ -16,8 +16,8 @@ column                      holds
 
 so that ``expect_column_values_to_be_between(column="quantity", min_value=0)`` reads as it would on the table.
 Integers and booleans keep their type (pandas' nullable dtypes), timestamps are UTC datetimes, and decimal and
-varint values (exact decimal text in a change batch) become floats. Non-frozen collections and UDTs are left out:
-their cells are not values of the column.
+varint values (exact decimal text in a change batch) become floats. Non-frozen collections, UDTs and counters are
+left out: their cells are not values of the column (a counter's cell holds a leader's shard, not the counter).
 
 The default suite (:func:`default_expectations`) says what every change batch must be: keys present (clustering
 for row changes), one of the four change kinds, positions that exist, a write time, and text in the forms the
@@ -120,7 +120,7 @@ class SuiteResult:
 
 def frame_columns(table: TableSchema) -> list[str]:
     """The columns of ``table``'s window frame (module docstring), in order."""
-    simple = [c.name for c in table.statics + table.regulars if not c.type.is_complex]
+    simple = [c.name for c in table.statics + table.regulars if not c.type.is_complex and c.type.kind != "counter"]
     return [*FIXED_COLUMNS, *(c.name for c in table.partition_key + table.clustering), *simple]
 
 
@@ -242,7 +242,11 @@ def _flatten(node: str, batch: pa.RecordBatch) -> pa.Table:
         column = batch.column(arrow_field.name)
         if kind in (b"partition_key", b"clustering"):
             values = column
-        elif kind in (b"static", b"regular") and arrow_field.type.get_field_index("writetime") >= 0:
+        elif (
+            kind in (b"static", b"regular")
+            and arrow_field.type.get_field_index("writetime") >= 0
+            and metadata.get(cb.META_CQL_TYPE) != b"counter"
+        ):
             values = pc.struct_field(column, "value")
         else:
             continue

@@ -28,8 +28,9 @@ range deletions carry as bounds.
 A primary-key column identifies the row every merge converges on, so it may only be masked by a
 deterministic, collision-free method (``sha256``, ``hmac``, ``tokenize``); ``drop`` and ``redact`` are
 rejected there. ``redact`` is rejected as well on a column whose type contains a set or a map: it would
-fold distinct set elements or map keys into one. Masking does not preserve order, so a range deletion
-bounded by an inequality on a masked clustering column cannot be applied exactly by a destination;
+fold distinct set elements or map keys into one. A counter can only be dropped: a change holds one leader's
+shard of it, never its value. Masking does not preserve order, so a range deletion bounded by an inequality
+on a masked clustering column cannot be applied exactly by a destination;
 :func:`mask_batch` logs how many such deletions a batch holds (never their values).
 
 The text a value is hashed as: strings (text, ascii, uuid, timeuuid, inet, varint, decimal) as their
@@ -164,6 +165,11 @@ class MaskingPolicy(BaseModel):
                 raise MaskingError(
                     f"{key}: method {mask.method!r} cannot mask a primary-key column; "
                     "use sha256, hmac or tokenize so merges still converge"
+                )
+            if column.type.kind == "counter" and mask.method != "drop":
+                raise MaskingError(
+                    f"{key}: a counter's value is the sum of shards spread over many changes, so no change "
+                    f"holds a value to mask with {mask.method!r}; use drop"
                 )
             if mask.method == "redact" and _contains_set_or_map(column.type):
                 raise MaskingError(

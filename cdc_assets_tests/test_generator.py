@@ -427,7 +427,15 @@ def test_value_serializes_as_cassandra_stores_it(cql: str, value: Any, expected:
 def test_counter_value_is_a_context_with_one_global_shard() -> None:
     counter_id = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
     expected = "00018000" + counter_id.hex + "0000000000000005000000000000000a"
-    assert counter_context(10, 5, counter_id) == bytes.fromhex(expected)
+    assert counter_context([(counter_id.bytes, 5, 10)]) == bytes.fromhex(expected)
+
+
+def test_several_leaders_shards_are_global_shards_in_counter_id_order() -> None:
+    # CounterContext's layout: 2 header elements, each a global shard's index + Short.MIN_VALUE (0x8000,
+    # 0x8001), then the shards sorted by counter id, compared unsigned.
+    low, high = b"\x7f" * 16, b"\x80" * 16
+    expected = "000280008001" + low.hex() + f"{3:016x}{1:016x}" + high.hex() + f"{4:016x}{2:016x}"
+    assert counter_context([(high, 4, 2), (low, 3, 1)]) == bytes.fromhex(expected)
 
 
 def test_composite_partition_key_frames_each_component() -> None:

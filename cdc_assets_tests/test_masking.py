@@ -402,6 +402,35 @@ def test_redact_is_rejected_on_a_set_or_map_because_it_would_fold_elements() -> 
         mask_batch(customers(), customer_batch(), policy)
 
 
+@pytest.mark.parametrize("method", ["redact", "sha256", "hmac", "tokenize"])
+def test_a_counter_can_only_be_dropped_since_no_change_holds_its_value(method: str) -> None:
+    visits = TableSchema(
+        "crm",
+        "visits",
+        uuid.UUID(int=2),
+        (column("email", "text", "partition_key", 0), column("hits", "counter", "regular")),
+    )
+    batch = build_change_batch(
+        visits,
+        [
+            {
+                "segment_id": 1,
+                "position": 0,
+                "kind": "row",
+                "key": {"email": RAW_EMAIL},
+                "cells": {"hits": cell([(b"\x0a" * 16, 1, 5)])},
+            }
+        ],
+    )
+    options = {"salt_env": "TEST_MASK_SALT"} if method == "sha256" else {}
+    options |= {"key_env": "TEST_MASK_KEY"} if method in ("hmac", "tokenize") else {}
+    policy = MaskingPolicy(columns={"crm.visits.hits": {"method": method, **options}})
+    with pytest.raises(MaskingError, match=r"crm\.visits\.hits: .*use drop"):
+        mask_batch(visits, batch, policy)
+    dropped, masked = mask_batch(visits, batch, MaskingPolicy(columns={"crm.visits.hits": {"method": "drop"}}))
+    assert dropped.column("hits") is None and "hits" not in masked.schema.names
+
+
 def test_a_policy_naming_a_missing_column_is_an_error_naming_the_key() -> None:
     policy = MaskingPolicy(columns={"crm.customers.emial": {"method": "drop"}})
     with pytest.raises(MaskingError, match=r"crm\.customers\.emial"):

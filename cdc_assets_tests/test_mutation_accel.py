@@ -214,6 +214,20 @@ def test_invalid_utf8_text_fails_alike() -> None:
     assert _outcome(accelerated, broken) == _outcome(pure, broken) == MutationDecodeError
 
 
+def test_counters_decode_as_their_shards_and_pre_2_1_shards_are_refused_alike() -> None:
+    table = _table([("k", "int", "partition_key"), ("n", "counter", "regular")])
+    shards = [(b"\x0a" * 16, 3, 40), (b"\x0b" * 16, 1, 2)]
+    body = encode_mutation([(table, [{"kind": "row", "key": {"k": 1}, "cells": {"n": _cell(shards)}}])], 7)
+    accelerated, pure = _decoders(SchemaRegistry([table]))
+    decoded = accelerated.decode(body)[0][1]
+    assert _same(decoded, pure.decode(body)[0][1]) and decoded[0]["cells"]["n"]["value"] == shards
+    # The header's second element made local (1) rather than global (1 + Short.MIN_VALUE): a pre-2.1 context.
+    local = body.replace(b"\x00\x02\x80\x00\x80\x01", b"\x00\x02\x80\x00\x00\x01")
+    for decoder in (accelerated, pure):
+        with pytest.raises(MutationDecodeError, match=r"local \(pre-2\.1\) shard"):
+            decoder.decode(local)
+
+
 def test_wide_tables_decode_identically() -> None:
     """64+ header columns use index lists for a row's columns (format notes 10.5); 33+ clustering values
     take a second clustering header (10.7)."""

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import psycopg
 import pytest
 
 from cdc_assets.cassandra_schema.cql_file import load_cql_file
-from cdc_assets.cassandra_schema.tables import TableSchema
+from cdc_assets.cassandra_schema.tables import Column, TableSchema
+from cdc_assets.cassandra_schema.types import parse_type
 from cdc_assets.change_batch import build_change_batch
 from cdc_assets.commitlog.reader import Position
 from cdc_assets.config import ConfigError, Expectation, PipelineConfig, load_config
@@ -37,7 +39,13 @@ from cdc_assets.defs.checks.window import (
 )
 from cdc_assets.defs.keys import destination_key, staged_key
 from cdc_assets.defs.partitions import current_partition
-from cdc_assets.expectations import ExpectationConfigError, default_expectations, validate_window, window_frame
+from cdc_assets.expectations import (
+    ExpectationConfigError,
+    default_expectations,
+    frame_columns,
+    validate_window,
+    window_frame,
+)
 from cdc_assets.reconciliation import history_is_whole, partition_bytes, reconcile
 from cdc_assets.staging import stage_range
 from cdc_assets_tests.pipeline_harness import SHOP_CQL, TABLES, Pipeline, open_pipeline, write_config
@@ -255,6 +263,20 @@ def orders_frame(quantities: list[int | None]) -> Any:
         for index, quantity in enumerate(quantities)
     ]
     return orders, window_frame([("node1", build_change_batch(orders, changes))])
+
+
+def test_a_counter_is_not_in_the_frame_since_a_change_holds_a_leaders_shard_not_its_value() -> None:
+    visits = TableSchema(
+        "shop",
+        "visits",
+        uuid.UUID(int=3),
+        (Column("page", parse_type("text"), "partition_key", 0), Column("hits", parse_type("counter"), "regular")),
+    )
+    shard = {"value": [(b"\x0a" * 16, 4, 9)], "writetime": 1_700_000_000_000_000, "deleted": False}
+    change = {"segment_id": 7, "position": 100, "kind": "row", "key": {"page": "/"}, "cells": {"hits": shard}}
+    frame = window_frame([("node1", build_change_batch(visits, [change]))])
+    assert "hits" not in frame.columns and "hits" not in frame_columns(visits)
+    assert list(frame["page"]) == ["/"]
 
 
 def test_each_expectation_keeps_its_severity_and_says_where_it_failed() -> None:

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,6 +74,12 @@ def _blob(value: bytes) -> str:
     return "0x" + value.hex()
 
 
+def _shards(shards: list[tuple[bytes, int, int]]) -> list[dict[str, Any]]:
+    """A counter cell's shards, each leader's counter id (a UUID) with its clock and count: no one change
+    holds the counter's value."""
+    return [{"counter_id": str(uuid.UUID(bytes=bytes(i))), "clock": clock, "count": n} for i, clock, n in shards]
+
+
 def json_converter(cql: CqlType) -> JsonConverter:
     """A function turning a change-batch value of ``cql`` into its JSON form."""
     simple: dict[str, JsonConverter] = {
@@ -82,6 +89,7 @@ def json_converter(cql: CqlType) -> JsonConverter:
         "time": _time,
         "duration": _duration,
         "varint": int,
+        "counter": _shards,
     }
     convert = simple.get(cql.kind)
     if convert is None and cql.kind in ("list", "set", "vector"):

@@ -6,6 +6,7 @@ as ``cdc_assets.change_batch`` documents it. An empty value of a non-string type
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable
@@ -19,6 +20,7 @@ Decoder = Callable[[bytes], Any]
 
 _INT32 = struct.Struct(">i")
 _COUNTER_SHARD = struct.Struct(">16sqq")
+_GLOBAL_SHARD = struct.Struct(">h")
 _DATE_EPOCH = 1 << 31
 
 
@@ -58,13 +60,30 @@ def _duration(raw: bytes) -> tuple[int, int, int] | None:
     return zigzag_decode(months), zigzag_decode(days), zigzag_decode(nanos)
 
 
-def _counter(raw: bytes) -> int | None:
-    """The sum of the counts in a counter context (after the header of shard indexes)."""
+def _counter(raw: bytes) -> list[tuple[bytes, int, int]] | None:
+    """A counter context's shards as ``(counter id, clock, count)``, in the context's (counter id) order.
+
+    Since Cassandra 2.1 a node logs only global shards (``CounterMutation`` writes the leader's, a read repair
+    or hint the merged context's); a pre-2.1 local or remote shard merges by other rules, so it is refused.
+    """
     if not raw:
         return None
-    header = int.from_bytes(raw[:2], "big", signed=True)
-    start = 2 + 2 * abs(header)
-    return sum(_COUNTER_SHARD.unpack_from(raw, pos)[2] for pos in range(start, len(raw) - _COUNTER_SHARD.size + 1, 32))
+    count = int.from_bytes(raw[:2], "big")
+    start = 2 + 2 * count
+    if len(raw) != start + count * _COUNTER_SHARD.size:
+        raise ValueError(
+            f"a counter context of {len(raw)} bytes is not the {count} shards its header lists "
+            "(a pre-2.1 remote shard, or bytes missing)"
+        )
+    if raw[2:start] != _global_header(count):
+        raise ValueError("a counter context holds a local (pre-2.1) shard: only global shards are read")
+    return list(_COUNTER_SHARD.iter_unpack(raw[start:]))
+
+
+@functools.lru_cache(maxsize=64)
+def _global_header(count: int) -> bytes:
+    """The header elements of a context of ``count`` global shards: each index plus Short.MIN_VALUE, in order."""
+    return b"".join(_GLOBAL_SHARD.pack(index - (1 << 15)) for index in range(count))
 
 
 def _date(raw: bytes) -> int | None:

@@ -18,7 +18,7 @@ from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.commitlog.generator.ordering import sort_unique, struct_field_names
 from cdc_assets.commitlog.primitives import write_uvint, zigzag_encode
 
-# The node whose counter shard the generated counter contexts carry.
+# The node leading every counter update of a generated workload (a single-node cluster's).
 DEFAULT_COUNTER_ID = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
 
 _DATE_EPOCH = 1 << 31
@@ -74,9 +74,16 @@ def _boolean(value: bool) -> bytes:
     return b"\x01" if value else b"\x00"
 
 
-def counter_context(total: int, clock: int, counter_id: uuid.UUID = DEFAULT_COUNTER_ID) -> bytes:
-    """A counter context with one global shard (11.5): what the leader logs after applying an update."""
-    return struct.pack(">hh16sqq", 1, -32768, counter_id.bytes, clock, total)
+def counter_context(shards: Sequence[tuple[bytes, int, int]]) -> bytes:
+    """A counter context of global shards ``(counter id, clock, count)`` (11.5), in counter id order.
+
+    A leader logs one shard, its own; a read repair or a hint logs the merged context, one shard per leader.
+    """
+    ordered = sorted(shards, key=lambda shard: shard[0])
+    if len({counter_id for counter_id, _, _ in ordered}) != len(ordered):
+        raise ValueError("a counter context holds one shard per counter id")
+    header = struct.pack(f">h{len(ordered)}h", len(ordered), *(i - (1 << 15) for i in range(len(ordered))))
+    return header + b"".join(struct.pack(">16sqq", *shard) for shard in ordered)
 
 
 _SCALARS: dict[str, Serializer] = {
@@ -113,7 +120,7 @@ def value_serializer(cql: CqlType) -> Serializer:
     if scalar is not None:
         return scalar
     if cql.kind == "counter":
-        raise ValueError("counter values need a clock: use counter_context")
+        raise ValueError("counter values are shards: use counter_context")
     if cql.kind in ("list", "set"):
         element_type = cql.args[0]
         element = value_serializer(element_type)
@@ -192,4 +199,7 @@ def canonical_value(cql: CqlType, value: Any) -> Any:
         ]
     if cql.kind in ("tuple", "udt"):
         return {name: canonical_value(arg, value.get(name)) for name, arg in zip(struct_field_names(cql), cql.args)}
+    if cql.kind == "counter":
+        shards = (tuple(s[k] for k in ("id", "clock", "count")) if isinstance(s, Mapping) else tuple(s) for s in value)
+        return sorted(shards, key=lambda shard: shard[0])
     return value

@@ -3,15 +3,14 @@
 This is the inverse of the reader. A change dict has the keyword names of ``ChangeBatchBuilder.add``
 (``segment_id`` and ``position`` are ignored) and values in the Python form ``cdc_assets.change_batch``
 documents. Where the change batch does not carry what the bytes need, the encoder supplies what a node
-would: a cell tombstone's and a collection deletion's local deletion time is its write time in seconds,
-and a counter's context holds one global shard of :data:`DEFAULT_COUNTER_ID`.
+would: a cell tombstone's and a collection deletion's local deletion time is its write time in seconds.
+A counter cell's value is its shards, written as a context of global shards.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,6 @@ from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.change_batch import KIND_PARTITION_DELETION, KIND_RANGE_DELETION, KIND_ROW, KIND_STATIC_ROW
 from cdc_assets.commitlog.generator.cql_values import (
-    DEFAULT_COUNTER_ID,
     canonical_value,
     counter_context,
     value_serializer,
@@ -357,10 +355,9 @@ def _tombstone_ldt(timestamp: int, messaging_version: int) -> int:
 
 
 class _UpdateBuilder:
-    def __init__(self, table: TableSchema, messaging_version: int, counter_id: uuid.UUID):
+    def __init__(self, table: TableSchema, messaging_version: int):
         self.table = table
         self.messaging_version = messaging_version
-        self.counter_id = counter_id
         self.layout = _layout(table)
         self.order = self.layout.order
 
@@ -379,7 +376,7 @@ class _UpdateBuilder:
         if value is None:
             raw = b""
         elif column.type.kind == "counter":
-            raw = counter_context(value, timestamp, self.counter_id)
+            raw = counter_context(value)
         else:
             raw = value_serializer(column.type)(value)
         return self.expiring(column, cell, _Cell(timestamp, None, None, raw))
@@ -641,8 +638,6 @@ def _column_names(columns: Sequence[Column]) -> bytes:
 def encode_mutation(
     updates: Sequence[tuple[TableSchema, Sequence[Mapping[str, Any]]]],
     version: int,
-    *,
-    counter_id: uuid.UUID = DEFAULT_COUNTER_ID,
 ) -> bytes:
     """Serialize one mutation as a node writing commit log ``version`` (6, 7 or 8) logs it.
 
@@ -661,7 +656,7 @@ def encode_mutation(
     for table, changes in updates:
         if not changes:
             raise ValueError(f"{table.qualified_name}: no changes")
-        builder = _UpdateBuilder(table, messaging_version, counter_id)
+        builder = _UpdateBuilder(table, messaging_version)
         update = _build_update(builder, changes)
         keys.add(update.key)
         out += _serialize_update(builder, update)

@@ -63,7 +63,6 @@ class RandomValues:
             "smallint": lambda: rng.randint(-(1 << 15), (1 << 15) - 1),
             "int": lambda: rng.randint(-(1 << 31), (1 << 31) - 1),
             "bigint": lambda: rng.randint(-(1 << 63), (1 << 63) - 1),
-            "counter": lambda: rng.randint(-(1 << 40), 1 << 40),
             "float": self.float32,
             "double": lambda: rng.uniform(-1e6, 1e6),
             "varint": lambda: str(rng.randint(-(1 << 100), 1 << 100)),

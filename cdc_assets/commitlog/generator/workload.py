@@ -26,6 +26,7 @@ from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import parse_type
 from cdc_assets.change_batch import KIND_PARTITION_DELETION, KIND_RANGE_DELETION, KIND_ROW, KIND_STATIC_ROW
 from cdc_assets.commitlog.compression import short_name
+from cdc_assets.commitlog.generator.cql_values import DEFAULT_COUNTER_ID
 from cdc_assets.commitlog.generator.encoding import MESSAGING_VERSIONS, canonical_change, encode_mutation
 from cdc_assets.commitlog.generator.ordering import (
     CLUSTERING,
@@ -301,7 +302,9 @@ class _Operations:
         key = (partition, repr(tuple(clustering.values())), name)
         total = state.counters.get(key, 0) + self.rng.randint(-100, 1000)
         state.counters[key] = total
-        return {"value": total, "writetime": ts, "ttl": None, "expires_at": None, "deleted": False}
+        # The leader logs its own shard: its running count, with its clock (here the write time).
+        shards = [(DEFAULT_COUNTER_ID.bytes, ts, total)]
+        return {"value": shards, "writetime": ts, "ttl": None, "expires_at": None, "deleted": False}
 
     # -- operations ---------------------------------------------------------------------------------
 
