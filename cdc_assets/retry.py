@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -23,25 +22,12 @@ from cdc_assets.destinations.base import (
     LoadResult,
     PermanentDestinationError,
     TransientDestinationError,
+    describe_error,
 )
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
-
-# Driver errors may quote a connection string; its password must not reach a log line.
-_SECRET_PATTERNS = (
-    (re.compile(r"(?i)(password\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"), r"\1***"),
-    (re.compile(r"(//[^/\s:@]+:)[^@\s]+@"), r"\1***@"),
-)
-
-
-def describe_error(error: BaseException) -> str:
-    """``error``'s type and message, with passwords in connection strings replaced by ``***``."""
-    text = f"{type(error).__name__}: {error}"
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def backoff_delay(retry_number: int, *, base_delay: float, max_delay: float, jitter: float) -> float:

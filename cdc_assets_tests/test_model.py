@@ -229,16 +229,67 @@ def test_a_dropped_column_is_not_shown_and_a_re_added_one_shows_only_later_cells
     assert model.current_state(NOW)[0]["w"] == "after"
 
 
+COUNTERS = TableSchema(
+    "ks",
+    "counts",
+    uuid.UUID("00000000-0000-4000-8000-0000000000c0"),
+    (Column("k", parse_type("int"), "partition_key", 0), Column("n", parse_type("counter"), "regular")),
+)
+NODE_A, NODE_B = b"\xaa" * 16, b"\xbb" * 16
+
+
+def counted(writetime: int, *shards: tuple[bytes, int, int], position: int = 0) -> dict[str, Any]:
+    """An update of counter ``n`` of partition 1 whose cell holds ``shards`` (counter id, clock, count)."""
+    change = {"segment_id": 1, "position": position, "kind": "row", "key": {"k": 1}}
+    return {**change, "cells": {"n": cell(list(shards), writetime)}}
+
+
+def test_increments_led_by_two_nodes_add_up():
+    # UPDATE ... SET n = n + 1 led by A, then n = n + 2 led by B: each leader logs its own running count.
+    assert state(counted(10, (NODE_A, 1, 1)), counted(20, (NODE_B, 1, 2)), table=COUNTERS) == [{"k": 1, "n": 3}]
+
+
+def test_a_leaders_newest_clock_wins_whatever_the_order_or_write_time():
+    # A's second increment (+4 on 1) carries clock 2 and count 5; arriving first, or with an older write
+    # time, it still replaces the first.
+    first, second = counted(20, (NODE_A, 1, 1)), counted(10, (NODE_A, 2, 5))
+    assert state(second, first, table=COUNTERS) == state(first, second, table=COUNTERS) == [{"k": 1, "n": 5}]
+
+
+def test_replica_copies_of_one_shard_count_once():
+    shard = counted(10, (NODE_A, 7, 4))
+    assert state(shard, shard, counted(10, (NODE_A, 7, 4), position=1), table=COUNTERS) == [{"k": 1, "n": 4}]
+
+
+def test_equal_clocks_keep_the_greater_count():
+    # CounterContext.compare: two global shards of one id and clock "differ only in count": the higher wins.
+    assert state(counted(10, (NODE_A, 3, 9)), counted(10, (NODE_A, 3, 2)), table=COUNTERS) == [{"k": 1, "n": 9}]
+
+
+def test_a_merged_context_carries_several_leaders_shards():
+    # A read repair logs the merged context; it merges shard by shard with what each leader logged.
+    merged = counted(30, (NODE_A, 2, 5), (NODE_B, 1, 2))
+    assert state(counted(40, (NODE_B, 4, 7)), merged, table=COUNTERS) == [{"k": 1, "n": 12}]
+
+
+def test_the_sum_wraps_at_64_bits_as_cassandras_total():
+    big = (1 << 63) - 1
+    assert state(counted(10, (NODE_A, 1, big)), counted(10, (NODE_B, 1, 2)), table=COUNTERS) == [
+        {"k": 1, "n": -(1 << 63) + 1}
+    ]
+
+
 def test_a_counter_tombstone_beats_a_later_increment():
-    counters = TableSchema(
-        "ks",
-        "counts",
-        uuid.uuid4(),
-        (Column("k", parse_type("int"), "partition_key", 0), Column("n", parse_type("counter"), "regular")),
-    )
-    change = {"segment_id": 1, "position": 0, "kind": "row", "key": {"k": 1}}
-    increment, deletion = {**change, "cells": {"n": cell(5, 20)}}, {**change, "cells": {"n": tombstone(10)}}
-    assert state(increment, deletion, table=counters) == []
+    deletion = {"segment_id": 1, "position": 0, "kind": "row", "key": {"k": 1}, "cells": {"n": tombstone(10)}}
+    assert state(counted(20, (NODE_A, 5, 5)), deletion, counted(30, (NODE_B, 6, 1)), table=COUNTERS) == []
+
+
+def test_a_row_deletion_hides_the_shards_written_before_it():
+    # B's shard, written after the deletion, stays; A's, written before, goes.
+    deletion = {"segment_id": 1, "position": 0, "kind": "row", "key": {"k": 1}, "deletion_writetime": 15}
+    assert state(counted(10, (NODE_A, 1, 1)), counted(20, (NODE_B, 1, 2)), deletion, table=COUNTERS) == [
+        {"k": 1, "n": 2}
+    ]
 
 
 def test_canonical_values_have_one_form_per_value():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import socket
 import threading
 import time
@@ -115,6 +116,7 @@ EVERY_TYPE = table_of(
 )
 TIMEUUID = "d2177dd0-eaa2-11de-a572-001b779c76e3"
 LIST_PATH = "00000000-0000-1000-8000-000000000001"
+LIST_PATH_2 = "00000001-0000-1000-8000-000000000001"
 EVERY_VALUE = {
     "a_ascii": cell("plain"),
     "a_text": cell('Grüße, "quoted", comma\nnewline'),
@@ -274,6 +276,57 @@ def test_time_and_duration_keep_microseconds_and_drop_nanoseconds(postgres: Post
     cells = {"t": cell(1_000_001_999), "d": cell((1, 2, -3_999))}
     postgres.load(table, build_change_batch(table, [row({"id": 1}, cells=cells)]), load_id="1")
     assert postgres.current_state(table) == [{"id": 1, "t": 1_000_001_000, "d": (1, 2, -3_000)}]
+
+
+def test_timestamps_before_the_year_1000_keep_their_year_inside_collections_and_tuples(postgres: PostgresDestination):
+    table = table_of(
+        "old_times",
+        ("id", "int", "partition_key"),
+        ("stamps", "list<timestamp>", "regular"),
+        ("pair", "frozen<tuple<timestamp, int>>", "regular"),
+    )
+    year_1 = (dt.datetime(1, 1, 1, tzinfo=dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
+        milliseconds=1
+    )
+    year_999 = (
+        dt.datetime(999, 12, 31, 23, 59, 59, 999000, tzinfo=dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    ) // (dt.timedelta(milliseconds=1))
+    cells = {"stamps": elements((LIST_PATH, year_1), (LIST_PATH_2, year_999)), "pair": cell((year_1, 7))}
+    postgres.load(table, build_change_batch(table, [row({"id": 1}, cells=cells)]), load_id="1")
+    assert postgres.current_state(table) == [{"id": 1, "stamps": [year_1, year_999], "pair": {"f0": year_1, "f1": 7}}]
+
+
+def test_an_empty_frozen_collection_held_in_a_map_stays_empty(postgres: PostgresDestination):
+    # Cassandra's SELECT shows {1: []}: only a column's own empty collection reads as null.
+    table = table_of(
+        "nested_empty", ("id", "int", "partition_key"), ("nested", "map<int, frozen<list<text>>>", "regular")
+    )
+    cells = {"nested": elements((1, []), (2, ["a"]))}
+    postgres.load(table, build_change_batch(table, [row({"id": 1}, cells=cells)]), load_id="1")
+    assert postgres.current_state(table) == [{"id": 1, "nested": [(1, []), (2, ["a"])]}]
+
+
+def test_negative_and_positive_zero_are_two_clustering_rows_as_in_cassandra(postgres: PostgresDestination):
+    # DoubleType orders -0.0 before 0.0 (Double.compare): they are different rows, and a range ending at
+    # -0.0 inclusive deletes the first one only.
+    table = table_of("zeros", ("k", "int", "partition_key"), ("c", "double", "clustering"), ("v", "int", "regular"))
+    changes = [
+        row({"k": 1}, {"c": -0.0}, position=1, cells={"v": cell(1)}),
+        row({"k": 1}, {"c": 0.0}, position=2, cells={"v": cell(2)}),
+        row({"k": 2}, {"c": -0.0}, position=3, cells={"v": cell(3)}),
+        row({"k": 2}, {"c": 0.0}, position=4, cells={"v": cell(4)}),
+        {
+            **row({"k": 2}, position=5, deletion_writetime=5),
+            "kind": "range_deletion",
+            "range_start": None,
+            "range_start_inclusive": None,
+            "range_end": {"c": -0.0},
+            "range_end_inclusive": True,
+        },
+    ]
+    postgres.load(table, build_change_batch(table, changes), load_id="1")
+    state = postgres.current_state(table)
+    assert [(r["k"], math.copysign(1, r["c"]), r["v"]) for r in state] == [(1, -1, 1), (1, 1, 2), (2, 1, 4)]
 
 
 KEYS = table_of(

@@ -18,7 +18,7 @@ CQL type                        canonical Python value
 ascii, text, varchar            ``str``
 blob                            ``bytes`` [bytearray, memoryview]
 boolean                         ``bool``
-tinyint .. bigint, counter      ``int``
+tinyint .. bigint, counter      ``int`` (a counter: the sum of its shards, wrapping at 64 bits)
 varint                          ``int`` [str, Decimal]
 decimal                         ``decimal.Decimal`` [str, int, float]
 float                           ``float`` rounded to float32; NaN is the string ``"NaN"`` so that ``==`` holds
@@ -46,7 +46,12 @@ Merge rules (Cassandra's ``Cells.reconcile``, ``LivenessInfo.supersedes``, ``Del
 - Cells: the higher write time wins. On equal write times, a tombstone beats an expiring cell, which
   beats a plain live cell; two expiring cells: the later expiry wins; then the greater value wins,
   comparing the values' serialized CQL bytes unsigned (``value_bytes``), exactly as Cassandra does.
-  A counter tombstone beats every live counter cell, whatever its write time.
+- Counters (``CounterContext.merge``, ``Cells.resolveCounter``): a counter cell holds shards, one per
+  leading node (counter id, clock, count). Per counter id the shard with the highest clock wins (equal
+  clocks: the greater count, then the later write time, so replica copies of one shard are one shard);
+  each winning shard keeps its cell's write time, by which deletions hide it as they hide any cell. The
+  value is the sum of the visible shards' counts, wrapping at 64 bits; none visible, no value. A counter
+  tombstone beats every shard, whatever the write times.
 - Row liveness (the INSERT row marker): higher write time; on a tie an expiring liveness beats a
   non-expiring one, then the later expiry.
 - Deletions keep the highest timestamp. A partition, range or row deletion at T hides the cells and
@@ -82,7 +87,6 @@ from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.commitlog.primitives import write_uvint, zigzag_encode
 
 NAN = "NaN"
-MAX_WRITETIME = (1 << 63) - 1
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DATE = dt.date(1970, 1, 1)
@@ -101,6 +105,11 @@ def canonical_value(cql_type: CqlType, value: Any) -> Any:
     if isinstance(result, list) and not result and cql_type.kind in ("list", "set", "map"):
         return None
     return result
+
+
+def canonical_element(cql_type: CqlType, value: Any) -> Any:
+    """The canonical form of a value held inside a collection or user type: an empty collection stays empty."""
+    return _canonical(cql_type, value)
 
 
 def _canonical(cql: CqlType, value: Any) -> Any:
@@ -440,7 +449,7 @@ def cell_rank(
 ) -> tuple[int, int, int, bytes]:
     """The key by which cells reconcile: of two cells for one place, the one with the greater rank wins."""
     if deleted:
-        return (MAX_WRITETIME if cql_type.kind == "counter" else writetime, 2, 0, b"")
+        return (writetime, 2, 0, b"")
     if expires_at is not None:
         return (writetime, 1, expires_at, value_bytes(cql_type, value))
     return (writetime, 0, 0, value_bytes(cql_type, value))
@@ -470,12 +479,26 @@ class _Complex:
 
 
 @dataclass(slots=True)
+class _Counter:
+    """A counter column's merged cells: whether a tombstone came, and per counter id the winning shard's
+    ``(clock, count, write time)``."""
+
+    tombstone: bool = False
+    shards: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)
+
+    def value(self, hidden_at: int) -> int | None:
+        visible = [count for _, count, writetime in self.shards.values() if writetime > hidden_at]
+        return None if self.tombstone or not visible else cb.counter_total(visible)
+
+
+@dataclass(slots=True)
 class _Row:
     clustering: tuple[Any, ...] = ()
     liveness: tuple[int, int, int] | None = None
     deletion: int | None = None
     cells: dict[str, _Cell] = field(default_factory=dict)
     complex: dict[str, _Complex] = field(default_factory=dict)
+    counters: dict[str, _Counter] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -586,6 +609,8 @@ class CassandraModel:
             target = partition.static if static else row
             if cql_type.is_complex:
                 _apply_complex(target.complex.setdefault(name, _Complex()), cql_type, cell)
+            elif cql_type.kind == "counter":
+                _apply_counter(target.counters.setdefault(name, _Counter()), cell)
             else:
                 _merge_cell(target.cells, name, _make_cell(cql_type, cell))
 
@@ -628,6 +653,9 @@ class CassandraModel:
             floor = hidden_at if dropped is None else max(hidden_at, dropped.dropped_at)
             if column.type.is_complex:
                 value = _complex_value(column.type, row.complex.get(column.name), floor, now)
+            elif column.type.kind == "counter":
+                counter = row.counters.get(column.name)
+                value = None if counter is None else counter.value(floor)
             else:
                 cell = row.cells.get(column.name)
                 value = cell.value if cell is not None and cell.live(now, floor) else None
@@ -662,6 +690,17 @@ def _make_cell(cql_type: CqlType, cell: Mapping[str, Any]) -> _Cell:
     expires_at = None if deleted else _seconds(cell["expires_at"])
     rank = cell_rank(cql_type, cell["writetime"], value, expires_at, deleted)
     return _Cell(cell["writetime"], value, expires_at, deleted, rank)
+
+
+def _apply_counter(state: _Counter, cell: Mapping[str, Any]) -> None:
+    if cell["deleted"]:
+        state.tombstone = True
+        return
+    for shard in cell["value"] or ():
+        candidate = (shard["clock"], shard["count"], cell["writetime"])
+        current = state.shards.get(shard["id"])
+        if current is None or candidate > current:
+            state.shards[shard["id"]] = candidate
 
 
 def _merge_cell(cells: dict[Any, _Cell], key: Any, cell: _Cell) -> None:

@@ -30,7 +30,14 @@ import pyarrow.compute as pc
 from cdc_assets.cassandra_schema.tables import Column
 from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.destinations import pg_types
-from cdc_assets.destinations.model import canonical_value, order_bytes, python_values, timeuuid_order, value_bytes
+from cdc_assets.destinations.model import (
+    canonical_element,
+    canonical_value,
+    order_bytes,
+    python_values,
+    timeuuid_order,
+    value_bytes,
+)
 from cdc_assets.destinations.pg_keys import all_uuid_text, fixed_binary, hex_text, uuid_key
 
 SOURCE, KEY, TS, CLASS, EXP, VB, VALUE, ORDER, MAP_KEY = "source", "key", "ts", "c", "exp", "vb", "v", "o", "k"
@@ -222,7 +229,7 @@ def _python_element(
         element[CLASS] = EXPIRING
         element[EXP] = cell["expires_at"]
     if value_type is not None:
-        value = canonical_value(value_type, cell["value"])
+        value = canonical_element(value_type, cell["value"])
         element[VB] = value_bytes(value_type, value).hex()
         element[VALUE] = pg_types.dumps(pg_types.json_value(value_type, value))
     return element

@@ -13,12 +13,13 @@ A simple column ``c`` is staged as ``c`` (the value, in its PostgreSQL type), ``
 µs), ``c__exp`` (expiry, seconds since the epoch, for TTL'd cells), ``c__del`` (tombstone) and, for the
 types whose CQL bytes PostgreSQL cannot compute (``pg_types.value_bytes_sql``), ``c__vb`` (those bytes,
 for Cassandra's tie-break). A complex column is staged as ``c`` (jsonb: element identity → element, as
-``pg_elements`` describes) and ``c__deleted_at`` (the collection deletion); until the parts are reduced,
-its elements are kept aside as Arrow rows (``Parts.elements``).
+``pg_elements`` describes) and ``c__deleted_at`` (the collection deletion); a counter as ``c`` (jsonb:
+counter id → shard, as ``pg_counters`` describes) and ``c__deleted_at`` (its tombstone). Until the parts
+are reduced, elements and shards are kept aside as Arrow rows (``Parts.elements``).
 
 :func:`reduce_parts` merges the parts of one key within a batch by the same rules the merge statement
 applies against stored rows, so the statement sees each key once. Everything is columnar except the
-values that need Python (blobs, durations, collections, UDTs, non-integer clustering keys) and ties.
+values that need Python (durations, collections, UDTs, non-integer clustering keys) and ties.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ import pyarrow.compute as pc
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
+from cdc_assets.destinations import pg_counters as ct
 from cdc_assets.destinations import pg_elements as el
 from cdc_assets.destinations import pg_types
 from cdc_assets.destinations.model import (
-    MAX_WRITETIME,
     canonical_value,
     key_component,
     python_values,
@@ -67,9 +68,10 @@ _PLAIN_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 # Digits (and a sign) that always fit a signed 64-bit integer.
 _MAX_INT64_DIGITS = 18
 _INT_KEY_WIDTHS = {"tinyint": 1, "smallint": 2, "int": 4, "bigint": 8, "timestamp": 8, "date": 4, "time": 8}
-# Kinds whose Arrow values are staged as they are (the others as their PostgreSQL text form).
+# Kinds whose Arrow values are staged as they are (the others as their PostgreSQL text form). Every kind whose
+# tie-break bytes PostgreSQL computes (``pg_types.value_bytes_sql``) is one: ``_tie_bytes`` reads them too.
 _NATIVE_KINDS = frozenset(
-    {"ascii", "text", "boolean", "tinyint", "smallint", "int", "bigint", "counter", "float", "double"}
+    {"ascii", "text", "blob", "boolean", "tinyint", "smallint", "int", "bigint", "counter", "float", "double"}
     | {"varint", "decimal", "timestamp", "date", "time", "uuid", "timeuuid", "inet"}
 )
 
@@ -99,10 +101,16 @@ def has_value_bytes(cql: CqlType) -> bool:
     return pg_types.value_bytes_sql(cql, "x") is None
 
 
+def merged_by_parts(column: Column) -> bool:
+    """Whether a column is stored as a jsonb of parts merged one by one: a complex column's elements, a
+    counter's shards."""
+    return column.type.is_complex or column.type.kind == "counter"
+
+
 def cell_columns(column: Column) -> list[tuple[str, str]]:
     """The staging and storage columns ``(name, PostgreSQL type)`` that hold one Cassandra column."""
     name = column.name
-    if column.type.is_complex:
+    if merged_by_parts(column):
         return [(name, "jsonb"), (deleted_at_name(name), "bigint")]
     columns = [
         (name, pg_types.pg_type(column.type)),
@@ -131,8 +139,9 @@ def staging_columns(table: TableSchema, columns: Sequence[Column]) -> list[tuple
 class Parts:
     """Staging rows as Arrow columns.
 
-    Until :func:`reduce_parts` renders them as jsonb text, a complex column's staged column is null and its
-    elements are in ``elements`` (``pg_elements`` rows, ``SOURCE`` the change they came from).
+    Until :func:`reduce_parts` renders them as jsonb text, a complex column's or a counter's staged column is
+    null and its elements or shards are in ``elements`` (``pg_elements`` or ``pg_counters`` rows, ``SOURCE``
+    the change they came from).
     """
 
     table: pa.Table
@@ -165,6 +174,11 @@ def flatten(table: TableSchema, batch: pa.RecordBatch, columns: Sequence[Column]
             elements[column.name] = el.element_rows(column, cells, rejected)
             data[column.name] = pa.nulls(n, pa.string())
             data[deleted_at_name(column.name)] = pc.struct_field(cells, "deletion")
+        elif column.type.kind == "counter":
+            elements[column.name] = ct.shard_rows(cells)
+            data[column.name] = pa.nulls(n, pa.string())
+            tombstone = pc.fill_null(pc.struct_field(cells, "deleted"), False)
+            data[deleted_at_name(column.name)] = pc.if_else(tombstone, pc.struct_field(cells, "writetime"), None)
         else:
             data.update(_simple_cells(column, cells, rejected))
     kinds = batch.column(cb.KIND)
@@ -238,9 +252,6 @@ def _simple_cells(column: Column, cells: pa.Array, rejected: dict[int, str]) -> 
     present = pc.is_valid(cells)
     deleted = pc.and_(pc.fill_null(pc.struct_field(cells, "deleted"), False), present)
     writetime = pc.struct_field(cells, "writetime")
-    if column.type.kind == "counter":
-        # A counter tombstone beats every live counter cell, whatever its write time.
-        writetime = pc.if_else(deleted, pa.scalar(MAX_WRITETIME, pa.int64()), writetime)
     expires = pc.struct_field(cells, "expires_at").cast(pa.int64())
     raw_values = pc.struct_field(cells, "value")
     live_values = pc.if_else(deleted, pa.nulls(n, raw_values.type), raw_values)
@@ -384,12 +395,17 @@ def partition_pieces(
 
 
 def _key_bytes(columns: Sequence[Column], arrays: Sequence[pa.Array], descending: bool = False) -> pa.Array:
-    """Primary key values as their concatenated ``model.key_component`` bytes, columnar where possible."""
+    """Primary key values as their concatenated ``model.key_component`` bytes, columnar where possible.
+
+    ``descending`` marks clustering columns: they honour their DESC order and keep Cassandra's identity
+    (``_cdc_ck`` alone tells rows apart, and range bounds are Cassandra's); partition keys are identified
+    as PostgreSQL's own key columns identify them (:func:`_pg_key_value`).
+    """
     n = len(arrays[0]) if arrays else 0
     if not columns:
         return pa.array([b""] * n, pa.binary())
     components = [
-        _key_component(column, array, descending and column.descending)
+        _key_component(column, array, descending and column.descending, as_postgres=not descending)
         for column, array in zip(columns, arrays, strict=True)
     ]
     if len(components) == 1:
@@ -397,13 +413,13 @@ def _key_bytes(columns: Sequence[Column], arrays: Sequence[pa.Array], descending
     return pc.binary_join_element_wise(*components, pa.scalar(b"", pa.binary()))
 
 
-def _key_component(column: Column, array: pa.Array, descending: bool) -> pa.Array:
+def _key_component(column: Column, array: pa.Array, descending: bool, *, as_postgres: bool) -> pa.Array:
     kind = column.type.kind
     n = len(array)
     if array.null_count == 0 and kind in _INT_KEY_WIDTHS:
         width = _INT_KEY_WIDTHS[kind]
         values = array.cast(pa.int32() if kind == "date" else pa.int64()).to_numpy().astype(np.int64)
-        if kind == "time":
+        if kind == "time" and as_postgres:
             values = values - values % 1000
         if width == 8:
             biased = (values.view(np.uint64) ^ np.uint64(1 << 63)).astype(">u8")
@@ -416,8 +432,9 @@ def _key_component(column: Column, array: pa.Array, descending: bool) -> pa.Arra
         escaped = pc.replace_substring(array.cast(pa.binary()), b"\x00", b"\x00\xff")
         header, trailer = pa.scalar(b"\x02", pa.binary()), pa.scalar(b"\x00\x00", pa.binary())
         return pc.binary_join_element_wise(header, escaped, trailer, pa.scalar(b"", pa.binary()))
+    identify = _pg_key_value if as_postgres else canonical_value
     return pa.array(
-        [key_component(column.type, _pg_key_value(column.type, v), descending) for v in python_values(array)],
+        [key_component(column.type, identify(column.type, v), descending) for v in python_values(array)],
         pa.binary(),
     )
 
@@ -530,11 +547,14 @@ def reduce_parts(parts: Parts, columns: Sequence[Column]) -> Parts:
     else:
         result = _reduced_cells(table, groups, count, columns)
     for column in columns:
-        if column.type.is_complex:
+        if merged_by_parts(column):
             owners = element_owners(parts, column)
             owners = np.where(owners >= 0, groups[owners], -1)
-            deletions = result[deleted_at_name(column.name)]
-            result[column.name] = el.reduce_and_render(parts.elements[column.name], owners, count, deletions)
+            if column.type.is_complex:
+                deletions = result[deleted_at_name(column.name)]
+                result[column.name] = el.reduce_and_render(parts.elements[column.name], owners, count, deletions)
+            else:
+                result[column.name] = ct.reduce_and_render(parts.elements[column.name], owners, count)
     return Parts(pa.table({name: result[name] for name in table.column_names}), parts.rejected)
 
 
@@ -549,7 +569,7 @@ def _reduced_cells(table: pa.Table, groups: np.ndarray, count: int, columns: Seq
         result[name] = _array(table, name).take(_indices(winners))
     result[DELETED_AT] = _group_max(table, DELETED_AT, groups, count)
     for column in columns:
-        if column.type.is_complex:
+        if merged_by_parts(column):
             deletion = deleted_at_name(column.name)
             result[deletion] = _group_max(table, deletion, groups, count)
             continue
@@ -566,23 +586,27 @@ def _reduced_cells(table: pa.Table, groups: np.ndarray, count: int, columns: Seq
 
 
 def render_parts(parts: Parts, columns: Sequence[Column]) -> Parts:
-    """The parts as they are (not reduced), each complex column's elements rendered as the part's jsonb text."""
+    """The parts as they are (not reduced), each complex column's elements (each counter's shards) rendered as
+    the part's jsonb text."""
     table = parts.table
     for column in columns:
-        if column.type.is_complex:
-            rendered = el.reduce_and_render(parts.elements[column.name], element_owners(parts, column), len(table))
+        if merged_by_parts(column):
+            owners = element_owners(parts, column)
+            render = el.reduce_and_render if column.type.is_complex else ct.reduce_and_render
+            rendered = render(parts.elements[column.name], owners, len(table))
             table = table.set_column(table.schema.get_field_index(column.name), column.name, rendered)
     return Parts(table, parts.rejected, parts.elements)
 
 
 def latest_element_writetimes(parts: Parts, column: Column) -> pa.Array:
-    """Per part, the latest write time among its elements of a complex column (null when it has none)."""
+    """Per part, the latest write time among its elements of a complex column or shards of a counter (null
+    when it has none)."""
     return el.latest_writetimes(parts.elements[column.name], element_owners(parts, column), parts.num_rows)
 
 
 def element_owners(parts: Parts, column: Column) -> np.ndarray:
-    """For each element of a complex column, the part (row index) that carries it; -1 when none does (its
-    change was rejected)."""
+    """For each element of a complex column (or shard of a counter), the part (row index) that carries it; -1
+    when none does (its change was rejected)."""
     elements = parts.elements[column.name]
     kind = PART_STATIC if column.kind == "static" else PART_ROW
     sources = _array(parts.table, SOURCE).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -608,6 +632,8 @@ def _group_max(table: pa.Table, name: str, groups: np.ndarray, count: int) -> pa
 
 
 def _tie_bytes(table: pa.Table, column: Column, index: int) -> bytes:
+    """The serialized value a write-time tie breaks on: the hidden bytes column, or else the staged value,
+    which is the batch's own for every kind whose bytes PostgreSQL computes (``_NATIVE_KINDS``)."""
     if has_value_bytes(column.type):
         return table.column(vb_name(column.name))[index].as_py() or b""
     raw = python_values(table.column(column.name).slice(index, 1))[0]

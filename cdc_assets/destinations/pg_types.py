@@ -141,7 +141,8 @@ def element_sql(cql: CqlType, text_expr: str) -> str:
 
 def timestamp_text(ms: int) -> str:
     moment = _EPOCH + dt.timedelta(milliseconds=ms)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Four digits of year, whatever the C library's %Y does: "1-01-01" would be read by PostgreSQL as 2001.
+    return f"{moment.year:04d}-" + moment.strftime("%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def time_text(ns: int) -> str:

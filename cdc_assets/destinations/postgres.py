@@ -9,7 +9,8 @@ Per Cassandra table ``ks.t``, in the schema ``<prefix>ks``:
   Cassandra's order, as bytes). Beside each column's value it keeps the cell's write time, expiry and
   tombstone flag (and the CQL bytes for the types whose bytes SQL cannot compute), the row liveness
   (``_cdc_live_ts``/``_cdc_live_exp``) and the row deletion (``_cdc_deleted_at``). Complex columns are
-  jsonb maps of elements, each with its own write time (``pg_staging``).
+  jsonb maps of elements, each with its own write time (``pg_staging``); counters jsonb maps of their
+  leaders' shards (``pg_counters``), summed by the view.
 - ``"t__static"``: the same for each partition's static row.
 - ``"t__partdel"`` and ``"t__rangedel"``: partition and range deletions (highest timestamp kept), so a
   late older write can never resurrect what they deleted.
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import psycopg.adapt
+import psycopg.conninfo
 import psycopg.errors
 import psycopg.types.json
 import pyarrow as pa
@@ -54,6 +56,7 @@ from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.dead_letters import DeadLetter, DeadLetterStore
 from cdc_assets.destinations import pg_binary, pg_types
+from cdc_assets.destinations import pg_counters as ct
 from cdc_assets.destinations import pg_elements as el
 from cdc_assets.destinations import pg_staging as st
 from cdc_assets.destinations.base import (
@@ -61,6 +64,7 @@ from cdc_assets.destinations.base import (
     LoadResult,
     PermanentDestinationError,
     TransientDestinationError,
+    load_boundary,
 )
 from cdc_assets.destinations.model import canonical_rows, key_component, row_sort_key
 
@@ -91,6 +95,15 @@ _PERMANENT_CONNECT_MESSAGES = (
 def ident(name: str) -> str:
     """A quoted SQL identifier (Cassandra names are used verbatim, whatever their case or characters)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def _secrets(dsn: str) -> list[str]:
+    """What of a DSN must never reach an error message: its password (URL or key/value form)."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return [dsn]
+    return [str(password)] if password else []
 
 
 def translate(error: psycopg.Error) -> DestinationError:
@@ -215,8 +228,14 @@ class PgTableSql:
         for index, column in enumerate(columns):
             floor = self._floor(column)
             flag = f"_cdc_l{index}"
-            if column.type.is_complex:
-                checks.append(f"{self._elements_sql(column, floor, now)} AS {flag}")
+            if st.merged_by_parts(column):
+                if column.type.is_complex:
+                    merged = self._elements_sql(column, floor, now)
+                else:
+                    merged = ct.value_sql(
+                        f"s.{ident(column.name)}", f"s.{ident(st.deleted_at_name(column.name))}", floor
+                    )
+                checks.append(f"{merged} AS {flag}")
                 values.append(f"l.{flag} AS {ident(column.name)}")
                 live.append(f"l.{flag} IS NOT NULL")
             else:
@@ -347,10 +366,11 @@ class PgTableSql:
     def _cell_wins(self, column: Column) -> str:
         """SQL: whether the staged cell (``EXCLUDED``) beats the stored one (``o``) by Cassandra's rules.
 
-        For a complex column: whether the staged one brings elements or a newer collection deletion.
+        For a complex column (a counter): whether the staged one brings elements (shards) or a newer collection
+        deletion (counter tombstone).
         """
         name = column.name
-        if column.type.is_complex:
+        if st.merged_by_parts(column):
             deleted_at = ident(st.deleted_at_name(name))
             return (
                 f"(EXCLUDED.{ident(name)} IS NOT NULL OR "
@@ -374,10 +394,13 @@ class PgTableSql:
     def _cell_updates(self, column: Column, wins: str) -> list[str]:
         """SET clauses keeping, of the stored and the staged cell, the one Cassandra keeps."""
         name = column.name
-        if column.type.is_complex:
+        if st.merged_by_parts(column):
             deleted_at = ident(st.deleted_at_name(name))
             latest = f"greatest(o.{deleted_at}, EXCLUDED.{deleted_at})"
-            merged = f"{ident(self.helper)}.merge_elements(o.{ident(name)}, EXCLUDED.{ident(name)}, {latest})"
+            if column.type.is_complex:
+                merged = f"{ident(self.helper)}.merge_elements(o.{ident(name)}, EXCLUDED.{ident(name)}, {latest})"
+            else:
+                merged = f"{ident(self.helper)}.merge_shards(o.{ident(name)}, EXCLUDED.{ident(name)})"
             return [f"{ident(name)} = {merged}", f"{deleted_at} = {latest}"]
         return [
             f"{ident(cell)} = CASE WHEN {wins} THEN EXCLUDED.{ident(cell)} ELSE o.{ident(cell)} END"
@@ -413,6 +436,7 @@ def helper_ddl(helper: str) -> list[str]:
         f"WHEN new IS NULL THEN state ELSE {schema}.merge_elements(state, new, NULL) END $$",
         f"CREATE OR REPLACE AGGREGATE {schema}.merge_elements_agg(jsonb) "
         f"(SFUNC = {schema}.merge_elements_step, STYPE = jsonb)",
+        *ct.merge_sql(schema),
     ]
 
 
@@ -492,7 +516,7 @@ class PostgresDestination:
         cached = self._ensured.get((sql.schema, table.name))
         if cached is not None and cached[0] == table:
             return cached[1]
-        _check_names(table)
+        _check_names(table, sql.schema)
         with self._transaction() as cursor:
             # Serialize this pipeline's DDL: concurrent CREATE ... IF NOT EXISTS can still collide.
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"cdc_assets:{self.helper}"])
@@ -555,8 +579,12 @@ class PostgresDestination:
 
         The batch goes to PostgreSQL in pieces of whole partitions, each reduced and merged on its own:
         while PostgreSQL merges one piece, this process prepares the next, two cores at work instead of one
-        waiting for the other.
+        waiting for the other. Any failure comes out as a :class:`DestinationError` (``base.load_boundary``).
         """
+        with load_boundary(self.name, table, batch, load_id, secrets=_secrets(self._dsn)):
+            return self._load(table, batch, load_id)
+
+    def _load(self, table: TableSchema, batch: pa.RecordBatch, load_id: str) -> LoadResult:
         started = time.perf_counter()
         first, last = positions(batch)
         incompatible = self._ensure(table)
@@ -819,8 +847,16 @@ def _partition_filter(table: TableSchema, keys: Collection[Sequence[Any]]) -> tu
     return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), parameters
 
 
-def _check_names(table: TableSchema) -> None:
-    """Every generated identifier must fit PostgreSQL's 63 bytes and not collide with a hidden column."""
+def _check_names(table: TableSchema, schema: str) -> None:
+    """Every generated identifier must fit PostgreSQL's 63 bytes and not collide with a hidden column.
+
+    PostgreSQL truncates a longer name silently: two keyspaces would share a schema, two columns a column.
+    """
+    if len(schema.encode()) > MAX_IDENTIFIER_BYTES:
+        raise PermanentDestinationError(
+            f"keyspace {table.keyspace!r}: its schema {schema!r} (the schema prefix and the keyspace) is longer "
+            f"than PostgreSQL's {MAX_IDENTIFIER_BYTES} bytes"
+        )
     names = {c.name for c in table.columns}
     for suffix in _SUFFIXES:
         if len((table.name + suffix).encode()) > MAX_IDENTIFIER_BYTES:

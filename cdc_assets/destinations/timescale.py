@@ -65,7 +65,8 @@ TIME = "_cdc_time"
 SEGMENT = "_cdc_segment_id"
 POSITION = "_cdc_position"
 KEY = "_cdc_key"
-# The history's time column spans years 1-9999 (a counter tombstone's write time is the maximum).
+# The history's time column spans years 1-9999: write times past them (a client's nanoseconds, a counter
+# tombstone's maximum, a negative one) are clamped to its ends, so the partitions holding the ends are open.
 _MIN_US, _MAX_US = -62135596800000000, 253402300799999999
 
 
@@ -223,9 +224,10 @@ class HistoryTableSql(PgTableSql):
         joins = ["LEFT JOIN l USING (" + keys + ")", "LEFT JOIN a USING (" + keys + ")"]
         for index, column in enumerate(columns):
             name = ident(column.name)
-            if column.type.is_complex:
+            if st.merged_by_parts(column):
                 deleted_at = ident(st.deleted_at_name(column.name))
-                aggregates += [f"{ident(self.helper)}.merge_elements_agg({name}) AS {name}"]
+                merge = "merge_elements_agg" if column.type.is_complex else "merge_shards_agg"
+                aggregates += [f"{ident(self.helper)}.{merge}({name}) AS {name}"]
                 aggregates += [f"max({deleted_at}) AS {deleted_at}"]
                 selected += [f"a.{name}", f"a.{deleted_at}"]
                 continue
@@ -392,7 +394,7 @@ class TimescaleDestination(PostgresDestination):
             starts = self._chunk_starts(times)
             for start in np.unique(starts).tolist():
                 mine = rows.take(pa.array(np.nonzero(starts == start)[0]))
-                steps.append(_copy_step(sql.name(_partition_suffix(_moment(start))), names, mine, types))
+                steps.append(_copy_step(sql.name(_partition_suffix(start)), names, mine, types))
             return steps
         stage = f"{HISTORY_STAGE}_{number}"
         return [
@@ -405,15 +407,13 @@ class TimescaleDestination(PostgresDestination):
     def _partition_steps(self, sql: PgTableSql, times: pa.Array) -> list[Step]:
         """Statements creating the range partitions (one per chunk interval) the history rows of a piece need."""
         steps = []
+        width = int(self.chunk_interval.total_seconds() * 1_000_000)
         for start in np.unique(self._chunk_starts(times)).tolist():
-            lower = _moment(start)
-            upper = lower + self.chunk_interval
-            # DDL takes no parameters; ISO timestamps contain no quote.
             steps.append(
                 Step(
-                    f"CREATE TABLE IF NOT EXISTS {sql.name(_partition_suffix(lower))} "
+                    f"CREATE TABLE IF NOT EXISTS {sql.name(_partition_suffix(start))} "
                     f"PARTITION OF {sql.name(HISTORY_SUFFIX)} "
-                    f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+                    f"FOR VALUES FROM ({_bound(start)}) TO ({_bound(start + width)})"
                 )
             )
         return steps
@@ -433,9 +433,9 @@ class TimescaleDestination(PostgresDestination):
             [sql.name(HISTORY_SUFFIX)],
         )
         cutoff = datetime.now(UTC) - self.retention
-        for name, _bound in cursor.fetchall():
+        for name, _ in cursor.fetchall():
             lower = _partition_start(name, table.name)
-            if lower is not None and lower + self.chunk_interval <= cutoff:
+            if lower is not None and lower + self.chunk_interval.total_seconds() <= cutoff.timestamp():
                 cursor.execute(f"DROP TABLE {ident(sql.schema)}.{ident(name)}")
 
 
@@ -453,19 +453,29 @@ def _copy_step(target: str, names: str, rows: pa.Table, types: Sequence[str]) ->
     return Step(f"COPY {target} ({names}) FROM STDIN WITH (FORMAT binary)", payload)
 
 
-def _moment(micros: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+def _bound(micros: int) -> str:
+    """A partition bound: the moment as a timestamptz literal, or MINVALUE/MAXVALUE past the history's years
+    1-9999 (which Python cannot spell), for the chunks holding the clamped write times."""
+    if micros < _MIN_US:
+        return "MINVALUE"
+    if micros > _MAX_US:
+        return "MAXVALUE"
+    # DDL takes no parameters; ISO timestamps contain no quote.
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    return f"'{moment.isoformat()}'"
 
 
-def _partition_suffix(lower: datetime) -> str:
-    return f"__c{int(lower.timestamp())}"
+def _partition_suffix(start: int) -> str:
+    """The name suffix of the partition starting at ``start`` (µs): its start in whole seconds."""
+    return f"__c{start // 1_000_000}"
 
 
-def _partition_start(name: str, table: str) -> datetime | None:
+def _partition_start(name: str, table: str) -> int | None:
+    """The start (seconds since the epoch) of the partition of ``table`` named ``name``."""
     prefix = table + "__c"
     if not name.startswith(prefix):
         return None
-    return datetime.fromtimestamp(int(name[len(prefix) :]), UTC)
+    return int(name[len(prefix) :])
 
 
 def _write_times(parts: st.Parts, columns: Sequence[Column]) -> pa.Array:
@@ -473,7 +483,7 @@ def _write_times(parts: st.Parts, columns: Sequence[Column]) -> pa.Array:
     table = parts.table
     arrays = [table.column(st.LIVE_TS), table.column(st.DELETED_AT)]
     for column in columns:
-        if column.type.is_complex:
+        if st.merged_by_parts(column):
             arrays.append(table.column(st.deleted_at_name(column.name)))
             arrays.append(pa.chunked_array([st.latest_element_writetimes(parts, column)]))
         else:
