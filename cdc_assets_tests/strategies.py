@@ -135,6 +135,17 @@ def _decimals() -> st.SearchStrategy[str]:
     return st.tuples(unscaled, st.integers(-20, 20)).map(lambda us: str(Decimal(us[0]).scaleb(-us[1])))
 
 
+def _counter_shards() -> st.SearchStrategy[list[tuple[bytes, int, int]]]:
+    """A counter cell's shards: one leader's, as the leader logs it, or several, as a read repair or a hint
+    logs the merged context; in counter id order (as the context holds them), any clocks and counts."""
+    leader = st.one_of(
+        st.sampled_from([bytes([n]) * 16 for n in (0x01, 0x7F, 0x80, 0xFF)]), st.binary(min_size=16, max_size=16)
+    )
+    shard = st.tuples(leader, st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-(1 << 63), (1 << 63) - 1))
+    shards = st.lists(shard, min_size=1, max_size=3, unique_by=lambda s: s[0])
+    return shards.map(lambda drawn: sorted(drawn, key=lambda s: s[0]))
+
+
 @st.composite
 def _durations(draw: st.DrawFn) -> tuple[int, int, int]:
     # Cassandra rejects a duration whose parts have different signs.
@@ -156,7 +167,7 @@ def _scalar_values(kind: str, nonempty: bool) -> st.SearchStrategy[Any]:
         "smallint": st.integers(-(1 << 15), (1 << 15) - 1),
         "int": st.integers(-(1 << 31), (1 << 31) - 1),
         "bigint": st.integers(-(1 << 63), (1 << 63) - 1),
-        "counter": st.integers(-(1 << 63), (1 << 63) - 1),
+        "counter": _counter_shards(),
         "float": st.floats(width=32, allow_nan=False),
         "double": st.floats(allow_nan=False),
         "varint": st.integers(-(1 << 200), 1 << 200).map(str),

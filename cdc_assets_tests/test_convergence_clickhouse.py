@@ -13,14 +13,23 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 
 from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets_tests.convergence import TABLE, Delivery, assert_converges, deliveries
+from cdc_assets_tests.convergence import COUNTERS, Case, Delivery, assert_converges, cases, deliveries
 
 
 # ClickHouse drops static cells that arrive in a row change (a shape the commit log reader never emits).
-@settings(max_examples=45, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
-@given(delivered=deliveries(TABLE))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
+@given(case=cases())
 def test_clickhouse_current_state_equals_the_model_whatever_the_delivery(
+    clickhouse_factory: Callable[[Path | None], ClickHouseDestination], case: Case
+) -> None:
+    with closing(clickhouse_factory(None)) as destination:
+        assert_converges(destination, *case)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
+@given(delivered=deliveries(COUNTERS))
+def test_clickhouse_counters_equal_the_model_whatever_the_leaders_replicas_and_tombstones(
     clickhouse_factory: Callable[[Path | None], ClickHouseDestination], delivered: Delivery
 ) -> None:
     with closing(clickhouse_factory(None)) as destination:
-        assert_converges(destination, TABLE, delivered)
+        assert_converges(destination, COUNTERS, delivered)

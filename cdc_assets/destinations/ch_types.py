@@ -21,12 +21,14 @@ uuid, timeuuid                         UUID
 inet                                   String                                           the address text
 list<T>, set<T>, vector<T, n>          Array(T')                                        frozen or not
 map<K, V>                              Map(K', V')                                      frozen or not
-tuple<T1, ...>                         Tuple(f0 Nullable(T1'), ...)
-user type                              Tuple(field Nullable(T'), ...)                   frozen or not
+tuple<T1, ...>                         Tuple(f0 F(T1'), ...)                            F: the field type below
+user type                              Tuple(field F(T'), ...)                          frozen or not
 =====================================  ===============================================  ==========================
 
-Values are ``Nullable`` where ClickHouse allows it: Array and Map cannot be, so an empty collection and
-a null one read the same, as they do in Cassandra.
+Values are ``Nullable`` where ClickHouse allows it. Array and Map cannot be: a collection column keeps
+them bare, since Cassandra returns a null and an empty collection column alike. A user type's or tuple's
+field does not: Cassandra keeps a null field (no bytes) apart from an empty collection, so such a field
+is a ``Variant`` of its one type (:func:`field_type`), shown as the collection or NULL.
 
 Two orders matter besides the types. Clustering order (:func:`order_key_sql`) is the column type's
 comparator, used to decide which rows a range deletion covers. Reconciliation order
@@ -36,6 +38,7 @@ Cassandra keeps the greater serialized value, compared as unsigned bytes.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -69,6 +72,8 @@ _SCALARS = {
 DURATION_TYPE = pa.struct(
     [pa.field("months", pa.int32()), pa.field("days", pa.int32()), pa.field("nanoseconds", pa.int64())]
 )
+# The same, read by ClickHouse as its Tuple(months Int32, ...) itself, as a Variant needs (see _exact).
+_EXACT_DURATION_TYPE = pa.struct([field.with_nullable(False) for field in DURATION_TYPE])
 
 
 def quote(identifier: str) -> str:
@@ -90,39 +95,71 @@ def clickhouse_type(cql: CqlType) -> str:
     if cql.kind == "map":
         return f"Map({clickhouse_type(cql.args[0])}, {clickhouse_type(cql.args[1])})"
     if cql.kind == "tuple":
-        fields = (f"f{i} {nullable(clickhouse_type(arg))}" for i, arg in enumerate(cql.args))
+        fields = (f"f{i} {field_type(arg)}" for i, arg in enumerate(cql.args))
         return f"Tuple({', '.join(fields)})"
     if cql.kind == "udt":
-        fields = (f"{quote(name)} {nullable(clickhouse_type(arg))}" for name, arg in zip(cql.field_names, cql.args))
+        fields = (f"{quote(name)} {field_type(arg)}" for name, arg in zip(cql.field_names, cql.args))
         return f"Tuple({', '.join(fields)})"
     raise ValueError(f"no ClickHouse type for CQL type {cql.cql()!r}")
 
 
+def field_type(cql: CqlType) -> str:
+    """The type of a user type's or tuple's field of ``cql``: NULL apart from every value, empty ones too.
+
+    ClickHouse has no ``Nullable(Array)`` or ``Nullable(Map)``; ``Variant`` of the one type holds NULL.
+    """
+    ch_type = clickhouse_type(cql)
+    if _is_collection(cql):
+        return f"Variant({ch_type})"
+    return nullable(ch_type)
+
+
+def _is_collection(cql: CqlType) -> bool:
+    return cql.kind in ("list", "set", "vector", "map")
+
+
 def nullable(ch_type: str) -> str:
-    """``Nullable(ch_type)``, or ``ch_type`` itself for the Array and Map types ClickHouse keeps non-null."""
-    if ch_type.startswith(("Array(", "Map(", "Nullable(")):
+    """``Nullable(ch_type)``, or ``ch_type`` itself for the Array and Map types ClickHouse keeps non-null
+    (and for a Variant, which holds NULL as it is)."""
+    if ch_type.startswith(("Array(", "Map(", "Nullable(", "Variant(")):
         return ch_type
     return f"Nullable({ch_type})"
 
 
 def can_be_null(ch_type: str) -> bool:
     """Whether a column of ``ch_type`` can hold NULL once made :func:`nullable`."""
-    return nullable(ch_type).startswith("Nullable(")
+    return nullable(ch_type).startswith(("Nullable(", "Variant("))
+
+
+def not_null(ch_type: str, expr: str) -> str:
+    """``expr`` (of type ``ch_type``, made :func:`nullable`) as its non-null type, for where it is not NULL."""
+    stored = nullable(ch_type)
+    if stored.startswith("Variant("):
+        return f"variantElement({expr}, {literal(stored[len('Variant(') : -1])})"
+    if stored.startswith("Nullable("):
+        return f"assumeNotNull({expr})"
+    return expr
 
 
 # Loading: the change batch's Arrow values → what ClickHouse's Arrow reader takes for the types above.
 
 
-def _has_duration(cql: CqlType) -> bool:
-    return cql.kind == "duration" or any(_has_duration(arg) for arg in cql.args)
+def _converted(cql: CqlType) -> bool:
+    """Whether ``cql``'s values change on their way in: durations, and collections in a field (Variants)."""
+    if cql.kind == "duration":
+        return True
+    if cql.kind in ("tuple", "udt") and any(_is_collection(arg) for arg in cql.args):
+        return True
+    return any(_converted(arg) for arg in cql.args)
 
 
 def to_clickhouse_arrow(cql: CqlType, array: pa.Array) -> pa.Array:
     """``array`` (values of ``cql`` as the change batch holds them) in a form ClickHouse reads.
 
-    Only durations change: Arrow's month-day-nano interval becomes the (months, days, nanoseconds) struct.
+    Arrow's month-day-nano interval becomes the (months, days, nanoseconds) struct, and a collection in a
+    user type's or tuple's field becomes its Variant (:func:`field_to_clickhouse_arrow`).
     """
-    if not _has_duration(cql):
+    if not _converted(cql):
         return array
     if isinstance(array, pa.ChunkedArray):
         return pa.chunked_array([to_clickhouse_arrow(cql, chunk) for chunk in array.chunks])
@@ -138,21 +175,116 @@ def to_clickhouse_arrow(cql: CqlType, array: pa.Array) -> pa.Array:
         items = to_clickhouse_arrow(cql.args[1], array.items)
         return pa.MapArray.from_arrays(array.offsets, keys, items, mask=array.is_null())
     fields = [array.type.field(i) for i in range(array.type.num_fields)]
-    children = [to_clickhouse_arrow(arg, array.field(i)) for i, arg in enumerate(cql.args)]
+    children = [field_to_clickhouse_arrow(arg, array.field(i)) for i, arg in enumerate(cql.args)]
     return pa.StructArray.from_arrays(children, names=[f.name for f in fields], mask=array.is_null())
 
 
-def _duration_struct(array: pa.Array) -> pa.StructArray:
+def field_to_clickhouse_arrow(cql: CqlType, array: pa.Array) -> pa.Array:
+    """A user type's or tuple's field values of ``cql`` in a form ClickHouse reads into :func:`field_type`.
+
+    A collection becomes a dense union of its values and NULL, which ClickHouse reads as a Variant. The
+    values must already have the Variant's type exactly (ClickHouse converts nothing inside a Variant):
+    :func:`_exact`.
+    """
+    if not _is_collection(cql):
+        return to_clickhouse_arrow(cql, array)
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    nulls = ~valid
+    type_ids = np.where(valid, 0, 1).astype(np.int8)
+    offsets = np.where(valid, np.cumsum(valid) - 1, np.cumsum(nulls) - 1).astype(np.int32)
+    values = _exact(cql, array.filter(pa.array(valid)))
+    children = [values, pa.nulls(int(nulls.sum()))]
+    return pa.UnionArray.from_dense(pa.array(type_ids), pa.array(offsets), children, [clickhouse_type(cql), "NULL"])
+
+
+def _exact(cql: CqlType, array: pa.Array) -> pa.Array:
+    """Values of ``cql`` in the Arrow type ClickHouse reads as :func:`clickhouse_type` itself, not merely
+    as something it converts to it: items not nullable, UUIDs as ``arrow.uuid``, vectors as lists."""
+    kind = cql.kind
+    if kind == "duration":
+        return _duration_struct(array, _EXACT_DURATION_TYPE)
+    if kind in ("uuid", "timeuuid"):
+        raw = [None if text is None else uuid.UUID(text).bytes for text in array.to_pylist()]
+        return pa.ExtensionArray.from_storage(pa.uuid(), pa.array(raw, pa.binary(16)))
+    if kind in ("list", "set", "vector"):
+        if kind == "vector":
+            offsets = pa.array(np.arange(len(array) + 1, dtype=np.int32) * cql.size)
+            items = _exact(cql.args[0], array.flatten())
+        else:
+            offsets, items = array.offsets, _exact(cql.args[0], array.values)
+        return pa.ListArray.from_arrays(offsets, items, pa.list_(pa.field("item", items.type, nullable=False)))
+    if kind == "map":
+        keys, items = _exact(cql.args[0], array.keys), _exact(cql.args[1], array.items)
+        map_type = pa.map_(keys.type, pa.field("value", items.type, nullable=False))
+        return pa.MapArray.from_arrays(array.offsets, keys, items, type=map_type)
+    if kind in ("tuple", "udt"):
+        names = [array.type.field(i).name for i in range(array.type.num_fields)]
+        children = [
+            field_to_clickhouse_arrow(arg, array.field(i)) if _is_collection(arg) else _exact(arg, array.field(i))
+            for i, arg in enumerate(cql.args)
+        ]
+        return pa.StructArray.from_arrays(children, names=names, mask=array.is_null())
+    return to_clickhouse_arrow(cql, array)
+
+
+def _duration_struct(array: pa.Array, struct_type: pa.StructType = DURATION_TYPE) -> pa.StructArray:
     layout = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanoseconds", "<i8")])
     values = np.frombuffer(array.buffers()[1], dtype=layout, count=len(array) + array.offset)[array.offset :]
     return pa.StructArray.from_arrays(
         [pa.array(values["months"]), pa.array(values["days"]), pa.array(values["nanoseconds"])],
-        fields=list(DURATION_TYPE),
+        fields=list(struct_type),
         mask=array.is_null(),
     )
 
 
 # Reading: ClickHouse's Arrow output → the Python values the canonical form (model.py) accepts.
+
+
+def without_variants(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """ClickHouse's Arrow output with each Variant (a dense union of one type and NULL) as that type."""
+    if isinstance(array, pa.ChunkedArray):
+        return pa.chunked_array([without_variants(chunk) for chunk in array.chunks], _plain_type(array.type))
+    if not _has_union(array.type):
+        return array
+    plain = _plain_type(array.type)
+    if isinstance(array, pa.UnionArray):
+        value = next(i for i in range(array.type.num_fields) if not pa.types.is_null(array.type.field(i).type))
+        codes = array.type_codes.to_numpy(zero_copy_only=False)
+        positions = pa.array(array.offsets.to_numpy(zero_copy_only=False), mask=codes != array.type.type_codes[value])
+        return without_variants(array.field(value)).take(positions)
+    mask = array.is_null() if array.null_count else None
+    if pa.types.is_struct(plain):
+        children = [without_variants(array.field(i)) for i in range(plain.num_fields)]
+        return pa.StructArray.from_arrays(children, fields=list(plain), mask=mask)
+    if pa.types.is_map(plain):
+        keys, items = without_variants(array.keys), without_variants(array.items)
+        return pa.MapArray.from_arrays(array.offsets, keys, items, type=plain, mask=mask)
+    return pa.ListArray.from_arrays(array.offsets, without_variants(array.values), plain, mask=mask)
+
+
+def _plain_type(arrow: pa.DataType) -> pa.DataType:
+    """``arrow`` with each Variant's union replaced by its one type, nullable."""
+    if pa.types.is_union(arrow):
+        return next(_plain_type(field.type) for field in arrow if not pa.types.is_null(field.type))
+    if not _has_union(arrow):
+        return arrow
+    fields = [_plain_field(arrow.field(i)) for i in range(arrow.num_fields)]
+    if pa.types.is_struct(arrow):
+        return pa.struct(fields)
+    if pa.types.is_map(arrow):
+        return pa.map_(_plain_field(arrow.key_field), _plain_field(arrow.item_field))
+    return pa.list_(fields[0])
+
+
+def _plain_field(field: pa.Field) -> pa.Field:
+    plain = field.with_type(_plain_type(field.type))
+    return plain.with_nullable(True) if pa.types.is_union(field.type) else plain
+
+
+def _has_union(arrow: pa.DataType) -> bool:
+    if pa.types.is_union(arrow):
+        return True
+    return any(_has_union(arrow.field(i).type) for i in range(arrow.num_fields))
 
 
 def from_clickhouse(cql: CqlType, value: Any) -> Any:
@@ -308,7 +440,7 @@ def _composite_bytes(cql: CqlType, expr: str, depth: int) -> str:
         parts = []
         for name, arg in zip(field_names(cql), cql.args):
             element = f"tupleElement({expr}, {literal(name)})"
-            data = _framed(reconcile_key_sql(arg, f"assumeNotNull({element})", depth + 1))
+            data = _framed(reconcile_key_sql(arg, not_null(field_type(arg), element), depth + 1))
             parts.append(f"if(isNull({element}), unhex('FFFFFFFF'), {data})")
         return f"concat({', '.join(parts)})" if len(parts) > 1 else parts[0]
     raise ValueError(f"no serialization for CQL type {cql.cql()!r}")
@@ -351,6 +483,6 @@ def order_key_sql(cql: CqlType, expr: str, depth: int = 0) -> str:
         parts = []
         for name, arg in zip(field_names(cql), cql.args):
             element = f"tupleElement({expr}, {literal(name)})"
-            parts.append(f"isNotNull({element}), {order_key_sql(arg, f'assumeNotNull({element})', depth + 1)}")
+            parts.append(f"isNotNull({element}), {order_key_sql(arg, not_null(field_type(arg), element), depth + 1)}")
         return f"tuple({', '.join(parts)})"
     return expr

@@ -11,6 +11,9 @@ Storage, per Cassandra table ``ks.t``, in the ClickHouse database ``<database_pr
 ``t__cdc_elements``         MergeTree, append-only: one row per element of a non-frozen list, set, map or user
                             type: ``_cdc_column``, ``_cdc_path:<c>``, ``_cdc_element:<c>``, write time, expiry,
                             tombstone flag
+``t__cdc_shards``           MergeTree, append-only, for tables with counters: one row per shard of a counter cell:
+                            ``_cdc_column``, ``_cdc_counter_id``, ``_cdc_clock``, ``_cdc_count``, write time (a
+                            counter's tombstones are ``_cdc_deleted:<c>`` in ``t__cdc_rows``)
 ``t__cdc_deletions``        MergeTree, append-only: partition and range deletions (bounds per clustering column)
 ``_cdc_loads``              one row per committed load: table, load id, rows, first and last source position
 ==========================  ====================================================================================
@@ -19,7 +22,9 @@ Nothing is updated in place: every cell, tombstone and deletion is kept, so a la
 duplicated change can never resurrect deleted data or overwrite newer data. The view reconciles at
 read time with Cassandra's rules: per cell, ``argMax`` over (write time, tombstone > expiring > live,
 expiry, serialized value); deletions keep their maximum; a cell is visible when it is newer than every
-deletion covering it and not expired (``expires_at > now()``); elements merge by path.
+deletion covering it and not expired (``expires_at > now()``); elements merge by path. A counter is the
+sum of its leaders' shards, each the ``argMax`` by (clock, count, write time) per counter id and visible when
+newer than the deletions covering it; a counter tombstone hides it, whatever the write times.
 
 ClickHouse has no multi-statement transactions. Every stored change carries its load's id, and the view
 reads only changes whose load id is recorded in ``_cdc_loads``; a load records itself there last. A
@@ -56,22 +61,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError
+from clickhouse_connect.driver.query import arrow_buffer
 
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, CqlTypeError, parse_type, type_from_json, type_to_json
 from cdc_assets.dead_letters import DeadLetter, DeadLetterStore
-from cdc_assets.destinations.base import LoadResult, PermanentDestinationError, TransientDestinationError
+from cdc_assets.destinations.base import (
+    LoadResult,
+    PermanentDestinationError,
+    TransientDestinationError,
+    load_boundary,
+)
 from cdc_assets.destinations.ch_types import (
     can_be_null,
     clickhouse_type,
+    field_to_clickhouse_arrow,
+    field_type,
     from_clickhouse,
     literal,
+    not_null,
     nullable,
     order_key_sql,
     quote,
     reconcile_key_sql,
     to_clickhouse_arrow,
+    without_variants,
 )
 from cdc_assets.destinations.model import canonical_rows, key_component, raw_type, row_sort_key
 
@@ -86,17 +101,22 @@ ELEMENT_EXPIRES_AT = "_cdc_expires_at"
 ELEMENT_DELETED = "_cdc_deleted"
 DELETION_KIND = "_cdc_kind"
 DELETION_WRITETIME = "_cdc_deletion_writetime"
+COUNTER_ID = "_cdc_counter_id"
+CLOCK = "_cdc_clock"
+COUNT = "_cdc_count"
 LOADS_TABLE = "_cdc_loads"
 
 _WRITETIME = "Nullable(Int64)"
 _SECONDS = "Nullable(DateTime('UTC'))"
 _NO_DELETION = "toInt64('-9223372036854775808')"
-_MAX_WRITETIME = "toInt64('9223372036854775807')"
+_NIL_UUID = "00000000-0000-0000-0000-000000000000"
 # Date32's range; Cassandra's date reaches millions of years either side.
 _DATE32_DAYS = (-719528, 2932896)
 _COLUMNS_QUERY = "SELECT name, comment FROM system.columns WHERE database = {db:String} AND table = {t:String}"
 # ClickHouse error codes worth a retry: timeouts, network, memory, too many parts/queries, aborted.
 _TRANSIENT_CODES = frozenset({159, 160, 164, 202, 203, 209, 210, 236, 241, 242, 252, 319, 394, 425, 439, 473, 999})
+# ClickHouse's Arrow writer cannot put its arrow.uuid extension inside a Variant; 16 plain bytes it can.
+_READ_SETTINGS = {"output_format_arrow_uuid_as_fixed_byte_array": 1}
 
 
 def _writetime_column(name: str) -> str:
@@ -207,8 +227,16 @@ class _Layout:
         return f"{quote(self.database)}.{quote(LOADS_TABLE)}"
 
     @property
+    def shards(self) -> str:
+        return self.storage("__cdc_shards")
+
+    @property
     def simple(self) -> tuple[Column, ...]:
-        return tuple(c for c in self.table.value_columns if not c.type.is_complex)
+        return tuple(c for c in self.table.value_columns if not c.type.is_complex and c.type.kind != "counter")
+
+    @property
+    def counters(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.table.value_columns if c.type.kind == "counter")
 
     @property
     def complex(self) -> tuple[Column, ...]:
@@ -243,7 +271,21 @@ class _Layout:
         for column in self.complex:
             deletion = _collection_deletion_column(column.name)
             columns.append(_StorageColumn(deletion, _WRITETIME, type_to_json(column.type)))
+        for column in self.counters:
+            columns.append(_StorageColumn(_deleted_column(column.name), "Bool", type_to_json(column.type)))
         return columns
+
+    def shards_columns(self) -> list[_StorageColumn]:
+        return [
+            _StorageColumn(LOAD_ID, "LowCardinality(String)"),
+            _StorageColumn(STATIC, "Bool"),
+            *self._keys(self.table.primary_key),
+            _StorageColumn(ELEMENT_COLUMN, "LowCardinality(String)"),
+            _StorageColumn(COUNTER_ID, "FixedString(16)"),
+            _StorageColumn(CLOCK, "Int64"),
+            _StorageColumn(COUNT, "Int64"),
+            _StorageColumn(ELEMENT_WRITETIME, "Int64"),
+        ]
 
     def elements_columns(self) -> list[_StorageColumn]:
         columns = [
@@ -356,7 +398,12 @@ class ClickHouseDestination:
         return self._call(lambda: self.client.query(sql, parameters=parameters).result_rows)
 
     def _insert(self, target: str, data: pa.Table) -> None:
-        self._call(lambda: self.client.insert_arrow(target, data))
+        """``insert_arrow``, but with the column list quoted here: clickhouse-connect takes a name that looks
+        quoted already (a Cassandra column named ``"a"`` or `` `a` ``) for an identifier, not for a name."""
+        compression = self.client.write_compression if self.client.write_compression in ("zstd", "lz4") else None
+        _, block = arrow_buffer(data, compression)
+        columns = [quote(name) for name in data.column_names]
+        self._call(lambda: self.client.raw_insert(target, columns, block, fmt="Arrow"))
 
     # -- tables -------------------------------------------------------------------------------------
 
@@ -390,7 +437,11 @@ class ClickHouseDestination:
         retyped: set[str] = set()
         columns = []
         for column in table.columns:
-            old = stored.get(column.name) or stored.get(_collection_deletion_column(column.name))
+            old = (
+                stored.get(column.name)
+                or stored.get(_collection_deletion_column(column.name))
+                or stored.get(_deleted_column(column.name))
+            )
             if old is None or column.kind in ("partition_key", "clustering") or _convertible(old, column.type):
                 columns.append(column)
             elif table.dropped_column(column.name) is not None:
@@ -405,13 +456,17 @@ class ClickHouseDestination:
                 columns.append(replace(column, type=old))
         layout = _Layout(table.with_columns(columns, table.dropped), database)
         removed = {d.name for d in table.dropped if table.column(d.name) is None} | retyped
-        for suffix, storage_columns in (
+        storage = [
             ("__cdc_rows", layout.rows_columns()),
             ("__cdc_elements", layout.elements_columns()),
             ("__cdc_deletions", layout.deletions_columns()),
-        ):
+        ]
+        if layout.counters:
+            storage.append(("__cdc_shards", layout.shards_columns()))
+        for suffix, storage_columns in storage:
             self._sync(database, table.name + suffix, storage_columns, removed)
-        self._command(f"CREATE OR REPLACE VIEW {layout.view} AS {current_state_sql(layout, 'now()')}")
+        settings = "".join(f" SETTINGS {name} = {value}" for name, value in _view_settings(layout).items())
+        self._command(f"CREATE OR REPLACE VIEW {layout.view} AS {current_state_sql(layout, 'now()')}{settings}")
         return _TableState(table, layout, conflicts)
 
     def _stored_types(self, database: str, table: str) -> dict[str, CqlType]:
@@ -445,7 +500,15 @@ class ClickHouseDestination:
     # -- loading ------------------------------------------------------------------------------------
 
     def load(self, table: TableSchema, batch: pa.RecordBatch, *, load_id: str) -> LoadResult:
-        """Merge one change batch: all of it becomes visible at once (when the load is recorded) or none."""
+        """Merge one change batch: all of it becomes visible at once (when the load is recorded) or none.
+
+        Any failure comes out as a :class:`DestinationError` (``base.load_boundary``).
+        """
+        secrets = [self.dsn, urlsplit(self.dsn).password or ""]
+        with load_boundary(self.name, table, batch, load_id, secrets=secrets):
+            return self._load(table, batch, load_id)
+
+    def _load(self, table: TableSchema, batch: pa.RecordBatch, load_id: str) -> LoadResult:
         started = time.perf_counter()
         first, last = _position_range(batch)
         with self._lock:
@@ -542,10 +605,12 @@ class ClickHouseDestination:
             sql = current_state_sql(layout, f"toDateTime({_epoch_seconds(now)}, 'UTC')")
             if keys is not None:
                 sql = f"SELECT * FROM ({sql}){_partition_filter(layout.table, keys)}"
-            result = self._call(lambda: self.client.query_arrow(sql, use_strings=False))
+            settings = {**_READ_SETTINGS, **_view_settings(layout)}
+            result = self._call(lambda: self.client.query_arrow(sql, use_strings=False, settings=settings))
         effective = layout.table
         columns = effective.partition_key + effective.clustering + effective.statics + effective.regulars
-        raw = pa.table([c.cast(raw_type(c.type)) for c in result.columns], names=result.column_names)
+        plain = [without_variants(c) for c in result.columns]
+        raw = pa.table([c.cast(raw_type(c.type)) for c in plain], names=result.column_names)
         rows = [{c.name: from_clickhouse(c.type, row[c.name]) for c in columns} for row in raw.to_pylist()]
         state = canonical_rows(effective, rows)
         if keys is None:
@@ -708,6 +773,7 @@ def _storage_tables(layout: _Layout, batch: pa.RecordBatch, load_id: str) -> lis
     tables = [
         (layout.rows, _rows_table(layout, rows, load_id)),
         (layout.elements, _elements_table(layout, rows, load_id)),
+        (layout.shards, _shards_table(layout, rows, load_id)),
         (layout.deletions, _deletions_table(layout, batch, load_id)),
     ]
     return [(target, data) for target, data in tables if data is not None and data.num_rows]
@@ -730,7 +796,20 @@ def _header(batch: pa.RecordBatch, load_id: str) -> dict[str, pa.Array]:
 
 
 def _keys(columns: Iterable[Column], batch: pa.RecordBatch) -> dict[str, pa.Array]:
-    return {c.name: to_clickhouse_arrow(c.type, batch.column(c.name)) for c in columns if c.name in batch.schema.names}
+    return {c.name: _key_values(c.type, batch.column(c.name)) for c in columns if c.name in batch.schema.names}
+
+
+def _key_values(cql: CqlType, values: pa.Array) -> pa.Array:
+    """A key column's values as ClickHouse reads them into its (not Nullable) storage column.
+
+    A static row has no clustering: its clustering columns store their type's default, read from an Arrow
+    null, and the view shows NULL for them. A UUID travels as text, where ClickHouse's default for a null
+    is '', which is no UUID: it is spelled as the nil UUID.
+    """
+    converted = to_clickhouse_arrow(cql, values)
+    if cql.kind in ("uuid", "timeuuid") and converted.null_count:
+        return pc.fill_null(converted, _NIL_UUID)
+    return converted
 
 
 def _rows_table(layout: _Layout, rows: pa.RecordBatch, load_id: str) -> pa.Table | None:
@@ -756,7 +835,35 @@ def _rows_table(layout: _Layout, rows: pa.RecordBatch, load_id: str) -> pa.Table
     for column in layout.complex:
         if column.name in names:
             data[_collection_deletion_column(column.name)] = pc.struct_field(rows.column(column.name), "deletion")
+    for column in layout.counters:
+        if column.name in names:
+            deleted = pc.struct_field(rows.column(column.name), "deleted")
+            data[_deleted_column(column.name)] = pc.fill_null(deleted, False)
     return pa.table(data)
+
+
+def _shards_table(layout: _Layout, rows: pa.RecordBatch, load_id: str) -> pa.Table | None:
+    """One row per shard of the counter cells of ``rows``, with its cell's write time."""
+    pieces = []
+    for column in layout.counters:
+        if column.name not in rows.schema.names:
+            continue
+        cells = rows.column(column.name)
+        values = pc.struct_field(cells, "value")
+        present = pc.indices_nonzero(pc.is_valid(values))
+        lists = values.take(present)
+        owners = present.take(pc.list_parent_indices(lists))
+        shards = pc.list_flatten(lists)
+        data = {
+            **_element_rows(layout, column, rows, owners, load_id),
+            COUNTER_ID: pc.struct_field(shards, "id"),
+            CLOCK: pc.struct_field(shards, "clock"),
+            COUNT: pc.struct_field(shards, "count"),
+            ELEMENT_WRITETIME: pc.struct_field(cells, "writetime").take(owners),
+        }
+        pieces.append(pa.table(data))
+    pieces = [piece for piece in pieces if piece.num_rows]
+    return pa.concat_tables(pieces, promote_options="default").unify_dictionaries() if pieces else None
 
 
 def _elements_table(layout: _Layout, rows: pa.RecordBatch, load_id: str) -> pa.Table | None:
@@ -824,7 +931,8 @@ def _udt_elements(
     udt = column.type
     value_type = to_clickhouse_arrow(udt, pa.nulls(0, cb.arrow_type(udt))).type
     for name in udt.field_names:
-        field_cells = pc.struct_field(cells, name)
+        # By position: pyarrow reads a name string as a dotted path (a field `.x` would fetch `x`).
+        field_cells = pc.struct_field(cells, [cells.type.get_field_index(name)])
         owners = pc.indices_nonzero(pc.is_valid(field_cells))
         if len(owners) == 0:
             continue
@@ -832,10 +940,8 @@ def _udt_elements(
         count = len(owners)
         children = []
         for item_field, item_type in zip(value_type, udt.args):
-            if item_field.name == name:
-                children.append(to_clickhouse_arrow(item_type, written.field("value")))
-            else:
-                children.append(pa.nulls(count, item_field.type))
+            values = written.field("value") if item_field.name == name else pa.nulls(count, cb.arrow_type(item_type))
+            children.append(field_to_clickhouse_arrow(item_type, values))
         data = {**_element_rows(layout, column, rows, owners, load_id), **_cell_parts(written)}
         data[_path_column(column.name)] = pa.array([name] * count, pa.string())
         data[_element_column(column.name)] = pa.StructArray.from_arrays(children, fields=list(value_type))
@@ -870,7 +976,8 @@ def _deletions_table(layout: _Layout, batch: pa.RecordBatch, load_id: str) -> pa
             present = values.is_valid()
             length = pa.array([0] * ranges.num_rows, pa.uint8())
             for column in layout.table.clustering:
-                item = pc.struct_field(values, column.name)
+                # By index: pyarrow reads a name as a dotted path (a column `.` would be no field at all).
+                item = pc.struct_field(values, [values.type.get_field_index(column.name)])
                 data[column_name(column.name)] = to_clickhouse_arrow(column.type, item)
                 present = pc.and_(present, pc.is_valid(item))
                 length = pc.add(length, pc.cast(present, pa.uint8()))
@@ -901,7 +1008,7 @@ def _rank(deleted: str, expires_at: str) -> str:
 def _value_key(cql: CqlType, expr: str, storage_type: str) -> str:
     """The serialized bytes of a stored value ('' for null), for reconciliation ties."""
     if can_be_null(storage_type):
-        return f"if(isNull({expr}), '', {reconcile_key_sql(cql, f'assumeNotNull({expr})')})"
+        return f"if(isNull({expr}), '', {reconcile_key_sql(cql, not_null(storage_type, expr))})"
     return reconcile_key_sql(cql, expr)
 
 
@@ -909,12 +1016,8 @@ def _cell_aggregate(column: Column) -> str:
     name = column.name
     value, writetime = quote(name), quote(_writetime_column(name))
     deleted, expires = quote(_deleted_column(name)), quote(_expires_column(name))
-    winning_time = f"assumeNotNull({writetime})"
-    if column.type.kind == "counter":
-        # A counter tombstone beats every live counter cell, whatever its write time.
-        winning_time = f"if({deleted}, {_MAX_WRITETIME}, {winning_time})"
     key = (
-        f"tuple({winning_time}, {_rank(deleted, expires)}, ifNull({expires}, toDateTime(0, 'UTC')), "
+        f"tuple(assumeNotNull({writetime}), {_rank(deleted, expires)}, ifNull({expires}, toDateTime(0, 'UTC')), "
         f"{_value_key(column.type, value, nullable(clickhouse_type(column.type)))})"
     )
     cell = f"tuple({value}, {writetime}, {deleted}, {expires})"
@@ -936,6 +1039,7 @@ def _rows_aggregate(layout: _Layout, group: str) -> str:
             f"max({quote(_collection_deletion_column(c.name))}) AS {quote('_cdc_collection_hidden:' + c.name)}"
             for c in layout.complex
         ),
+        *(f"max({quote(_deleted_column(c.name))}) AS {quote('_cdc_tombstone:' + c.name)}" for c in layout.counters),
     ]
     return f"SELECT {_list(parts)} FROM {layout.rows} WHERE {_loaded(layout)} GROUP BY {group}"
 
@@ -951,7 +1055,7 @@ def _element_value_key(column: Column) -> str:
         branches = []
         for name, arg in zip(cql.field_names, cql.args):
             item = f"tupleElement({element}, {literal(name)})"
-            branches += [f"{path} = {literal(name)}", _value_key(arg, item, nullable(clickhouse_type(arg)))]
+            branches += [f"{path} = {literal(name)}", _value_key(arg, item, field_type(arg))]
         return f"multiIf({_list(branches)}, '')"
     return _value_key(cql.args[-1], element, nullable(clickhouse_type(cql.args[-1])))
 
@@ -984,6 +1088,21 @@ def _elements_aggregate(layout: _Layout, group: str) -> str:
         )
         alias = quote("_cdc_elements:" + column.name)
         arrays.append(f"groupArrayIf({element}, {ELEMENT_COLUMN} = {literal(column.name)}) AS {alias}")
+    return f"SELECT {group}, {_list(arrays)} FROM ({inner}) GROUP BY {group}"
+
+
+def _shards_aggregate(layout: _Layout, group: str) -> str:
+    """Per row, each counter's winning shards as (count, write time) tuples: per counter id, the shard with
+    the highest clock, then count, then write time (``CounterContext.merge``)."""
+    winner = f"argMax(tuple({COUNT}, {ELEMENT_WRITETIME}), tuple({CLOCK}, {COUNT}, {ELEMENT_WRITETIME})) AS _cdc_shard"
+    inner = (
+        f"SELECT {group}, {ELEMENT_COLUMN}, {winner} FROM {layout.shards} WHERE {_loaded(layout)} "
+        f"GROUP BY {group}, {ELEMENT_COLUMN}, {COUNTER_ID}"
+    )
+    arrays = [
+        f"groupArrayIf(_cdc_shard, {ELEMENT_COLUMN} = {literal(c.name)}) AS {quote('_cdc_shards:' + c.name)}"
+        for c in layout.counters
+    ]
     return f"SELECT {group}, {_list(arrays)} FROM ({inner}) GROUP BY {group}"
 
 
@@ -1070,6 +1189,8 @@ def _merged(layout: _Layout, now: str) -> str:
         hidden.append("ifNull(_cdc_range_hidden, {0})")
     if layout.complex:
         source += f" LEFT JOIN ({_elements_aggregate(layout, group)}) AS _cdc_e USING ({group})"
+    if layout.counters:
+        source += f" LEFT JOIN ({_shards_aggregate(layout, group)}) AS _cdc_s USING ({group})"
     parts = [
         group,
         f"greatest({_list(h.format(_NO_DELETION) for h in hidden)}) AS _cdc_hidden",
@@ -1091,6 +1212,15 @@ def _merged(layout: _Layout, now: str) -> str:
             parts.append(f"arrayFilter(_e -> {condition}, {elements}) AS {live_alias}")
             parts.append(f"{_complex_value(column, live_alias)} AS {quote(column.name)}")
             live[column.name] = f"notEmpty({live_alias})"
+        elif column.type.kind == "counter":
+            # Shards newer than every deletion covering them count, unless a counter tombstone came.
+            shards = quote("_cdc_shards:" + column.name)
+            visible = f"arrayFilter(_s -> tupleElement(_s, 2) > {floor}, {shards})"
+            tombstone = quote("_cdc_tombstone:" + column.name)
+            parts.append(f"(NOT {tombstone} AND notEmpty({visible})) AS {live_alias}")
+            total = f"arraySum(arrayMap(_s -> tupleElement(_s, 1), {visible}))"
+            parts.append(f"if({live_alias}, {total}, NULL) AS {quote(column.name)}")
+            live[column.name] = live_alias
         else:
             cell = quote("_cdc_cell:" + column.name)
             condition = (
@@ -1110,6 +1240,18 @@ def _merged(layout: _Layout, now: str) -> str:
     row_live = " OR ".join(["_cdc_marker_live", *(live[c.name] for c in table.regulars)])
     parts.append(f"if({STATIC}, {static_live}, {row_live}) AS _cdc_live")
     return f"SELECT {_list(parts)} FROM {source}"
+
+
+def _view_settings(layout: _Layout) -> dict[str, int]:
+    """What the view's query needs beyond ClickHouse's defaults.
+
+    ClickHouse refuses to group by a Variant unless told (a Variant of several types may group values
+    that look alike apart); a key whose tuple has a collection field holds one, of one type, which groups
+    as plainly as that type.
+    """
+    if any("Variant(" in clickhouse_type(c.type) for c in layout.table.primary_key):
+        return {"allow_suspicious_types_in_group_by": 1}
+    return {}
 
 
 def current_state_sql(layout: _Layout, now: str) -> str:
