@@ -267,7 +267,9 @@ def _change_write_times(batch: pa.RecordBatch) -> pa.Array:
             continue
         cells = pc.struct_field(batch.column(arrow_field.name), "cells")
         if pa.types.is_struct(cells.type):
-            candidates += [pc.struct_field(pc.struct_field(cells, f.name), "writetime") for f in cells.type]
+            # Fields by position: pyarrow reads a name as a dotted path (a UDT field `.z` would fetch `z`).
+            fields = range(cells.type.num_fields)
+            candidates += [pc.struct_field(pc.struct_field(cells, [i]), "writetime") for i in fields]
             continue
         elements = pc.list_flatten(cells)
         if not len(elements):

@@ -128,7 +128,8 @@ def write_times(batch: pa.RecordBatch) -> pa.Array:
 def _newest_element(cells: pa.Array, rows: int) -> pa.Array:
     """Per change, the newest write time among a complex column's element cells (a list or a UDT's fields)."""
     if pa.types.is_struct(cells.type):  # a non-frozen UDT: one cell struct per field
-        fields = [pc.struct_field(pc.struct_field(cells, f.name), "writetime") for f in cells.type]
+        # Fields by position: pyarrow reads a name string as a dotted path (a field `.x` would fetch `x`).
+        fields = [pc.struct_field(pc.struct_field(cells, [i]), "writetime") for i in range(cells.type.num_fields)]
         return pc.max_element_wise(*fields, skip_nulls=True) if fields else pa.nulls(rows, pa.int64())
     elements = pc.list_flatten(cells)
     owners = pc.list_parent_indices(cells)
