@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import uuid
 from collections import namedtuple
 from pathlib import Path
@@ -186,12 +185,6 @@ def test_a_type_using_a_missing_type_is_an_error_naming_both():
     tables, columns, types, dropped = shop_rows()
     with pytest.raises(SchemaError, match=r"shop\.person: .*'address'"):
         registry_from_system_rows(tables, columns, [t for t in types if t["type_name"] == "person"], dropped)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("cassandra") is not None, reason="cassandra-driver is installed")
-def test_without_cassandra_driver_loading_from_a_cluster_says_how_to_install_it():
-    with pytest.raises(ImportError, match=r"cdc_assets\[cassandra\]"):
-        load_from_cluster("127.0.0.1")
 
 
 @pytest.mark.cassandra
