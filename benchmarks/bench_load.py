@@ -439,21 +439,33 @@ def report(measurements: list[Measurement], changes: int) -> None:
             )
 
 
+DESTINATIONS = ("postgres", "timescale", "clickhouse")
+
+
+def add_destinations_argument(parser: argparse.ArgumentParser) -> None:
+    """``--destinations``, shared by the benchmarks that load every destination."""
+    parser.add_argument(
+        "--destinations", default=",".join(DESTINATIONS), help=f"comma-separated subset of {', '.join(DESTINATIONS)}"
+    )
+
+
+def chosen_destinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The destinations ``--destinations`` names, in its order; an unknown name is a usage error."""
+    names = [name.strip() for name in args.destinations.split(",")]
+    unknown = set(names) - set(DESTINATIONS)
+    if unknown:
+        parser.error(f"unknown destination(s): {', '.join(sorted(unknown))}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=1_000_000, help="changes in the batch (default 1,000,000)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per load; the best is reported")
     parser.add_argument("--seed", type=int, default=20240601)
-    parser.add_argument(
-        "--destinations",
-        default="postgres,timescale,clickhouse",
-        help="comma-separated subset of postgres, timescale, clickhouse",
-    )
+    add_destinations_argument(parser)
     args = parser.parse_args(argv)
-    names = [name.strip() for name in args.destinations.split(",")]
-    unknown = set(names) - {"postgres", "timescale", "clickhouse"}
-    if unknown:
-        parser.error(f"unknown destination(s): {', '.join(sorted(unknown))}")
+    names = chosen_destinations(parser, args)
     dsn = os.environ.get("CDC_BENCH_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
     prefix = f"cdc_bench_{os.getpid()}_"
 

@@ -49,10 +49,14 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_load import add_destinations_argument, chosen_destinations
+
 from cdc_assets import devstack
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
 from cdc_assets.commitlog.generator.workload import Workload, generate, realistic_table
 from cdc_assets.commitlog.reader import CommitLogReader
+from cdc_assets.destinations.ch_types import quote
+from cdc_assets.destinations.postgres import ident
 
 DEFAULT_POSTGRES_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 SEGMENT_SIZE = 32 << 20
@@ -104,21 +108,13 @@ class Target:
     lookup_sql: Callable[[str, TableSchema], str]
 
 
-def _pg_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _ch_ident(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
 def postgres_target(name: str, destination: Any, dsn: str, plain_schema: str) -> Target:
     """A PostgreSQL or TimescaleDB destination; the plain table lives in ``plain_schema``."""
     connection = psycopg.connect(dsn, autocommit=True)
 
     def plain(view: str, table: TableSchema) -> str:
-        target = f"{_pg_ident(plain_schema)}.{_pg_ident(name)}"
-        keys = ", ".join(_pg_ident(c.name) for c in table.partition_key)
+        target = f"{ident(plain_schema)}.{ident(name)}"
+        keys = ", ".join(ident(c.name) for c in table.partition_key)
         connection.execute(f"CREATE TABLE {target} AS SELECT * FROM {view}")
         connection.execute(f"CREATE INDEX ON {target} ({keys})")
         # Every table of the database, the destination's storage too: both sides read with fresh statistics.
@@ -129,19 +125,19 @@ def postgres_target(name: str, destination: Any, dsn: str, plain_schema: str) ->
         return connection.execute(sql, parameters).fetchall()
 
     def keys(relation: str, table: TableSchema, count: int) -> list[tuple[Any, ...]]:
-        columns = ", ".join(_pg_ident(c.name) for c in table.partition_key)
+        columns = ", ".join(ident(c.name) for c in table.partition_key)
         sql = f"SELECT DISTINCT {columns} FROM {relation}"
         return random.Random(count).sample(connection.execute(sql).fetchall(), count)
 
     def scan_sql(relation: str, table: TableSchema) -> str:
-        counts = ", ".join(f"count({_pg_ident(c.name)})" for c in table.columns)
+        counts = ", ".join(f"count({ident(c.name)})" for c in table.columns)
         return f"SELECT count(*), {counts} FROM {relation}"
 
     def lookup_sql(relation: str, table: TableSchema) -> str:
-        where = " AND ".join(f"{_pg_ident(c.name)} = %s" for c in table.partition_key)
+        where = " AND ".join(f"{ident(c.name)} = %s" for c in table.partition_key)
         return f"SELECT * FROM {relation} WHERE {where}"
 
-    connection.execute(f"CREATE SCHEMA IF NOT EXISTS {_pg_ident(plain_schema)}")
+    connection.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(plain_schema)}")
     return Target(
         name,
         destination,
@@ -158,12 +154,12 @@ def clickhouse_target(destination: Any, plain_database: str) -> Target:
     client = destination.client
 
     def view(table: TableSchema) -> str:
-        return f"{_ch_ident(destination.database(table))}.{_ch_ident(table.name)}"
+        return f"{quote(destination.database(table))}.{quote(table.name)}"
 
     def plain(view: str, table: TableSchema) -> str:
-        target = f"{_ch_ident(plain_database)}.{_ch_ident('clickhouse')}"
-        keys = ", ".join(_ch_ident(c.name) for c in table.partition_key)
-        client.command(f"CREATE DATABASE IF NOT EXISTS {_ch_ident(plain_database)}")
+        target = f"{quote(plain_database)}.{quote('clickhouse')}"
+        keys = ", ".join(quote(c.name) for c in table.partition_key)
+        client.command(f"CREATE DATABASE IF NOT EXISTS {quote(plain_database)}")
         client.command(
             f"CREATE TABLE {target} ENGINE = MergeTree ORDER BY ({keys}) "
             f"SETTINGS allow_nullable_key = 1 AS SELECT * FROM {view}"
@@ -174,17 +170,17 @@ def clickhouse_target(destination: Any, plain_database: str) -> Target:
         return client.query(sql, parameters={f"k{i}": value for i, value in enumerate(parameters)}).result_rows
 
     def keys(relation: str, table: TableSchema, count: int) -> list[tuple[Any, ...]]:
-        columns = ", ".join(_ch_ident(c.name) for c in table.partition_key)
+        columns = ", ".join(quote(c.name) for c in table.partition_key)
         rows = client.query(f"SELECT DISTINCT {columns} FROM {relation} ORDER BY {columns}").result_rows
         return random.Random(count).sample(rows, count)
 
     def scan_sql(relation: str, table: TableSchema) -> str:
-        columns = ", ".join(_ch_ident(c.name) for c in table.columns)
+        columns = ", ".join(quote(c.name) for c in table.columns)
         return f"SELECT count(), sum(cityHash64({columns})) FROM {relation}"
 
     def lookup_sql(relation: str, table: TableSchema) -> str:
         where = " AND ".join(
-            f"{_ch_ident(c.name)} = {{k{i}:{_ch_type_name(client, relation, c.name)}}}"
+            f"{quote(c.name)} = {{k{i}:{_ch_type_name(client, relation, c.name)}}}"
             for i, c in enumerate(table.partition_key)
         )
         return f"SELECT * FROM {relation} WHERE {where}"
@@ -315,7 +311,7 @@ def _drop_schemas(dsn: str, prefix: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as connection:
         rows = connection.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,))
         for (name,) in rows.fetchall():
-            connection.execute(f"DROP SCHEMA {_pg_ident(name)} CASCADE")
+            connection.execute(f"DROP SCHEMA {ident(name)} CASCADE")
 
 
 def report(results: list[Result], changes: int) -> None:
@@ -341,16 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loads", type=int, default=10, help="consecutive loads they arrive in (default 10)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each query; the median is reported")
     parser.add_argument("--seed", type=int, default=20261206)
-    parser.add_argument(
-        "--destinations",
-        default="postgres,timescale,clickhouse",
-        help="comma-separated subset of postgres, timescale, clickhouse",
-    )
+    add_destinations_argument(parser)
     args = parser.parse_args(argv)
-    names = [name.strip() for name in args.destinations.split(",")]
-    unknown = set(names) - {"postgres", "timescale", "clickhouse"}
-    if unknown:
-        parser.error(f"unknown destination(s): {', '.join(sorted(unknown))}")
+    names = chosen_destinations(parser, args)
     if args.changes < 1 or args.loads < 1 or args.repeat < 1:
         parser.error("--changes, --loads and --repeat must be at least 1")
     table = realistic_table()
