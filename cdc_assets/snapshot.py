@@ -223,7 +223,7 @@ def batch_value(cql: CqlType, value: Any) -> Any:
     if kind in ("varint", "decimal", "uuid", "timeuuid", "inet"):
         return str(value)
     if kind == "timestamp":
-        return _timestamp_ms(value)
+        return timestamp_ms(value)
     if kind == "date":
         return value.days_from_epoch  # cassandra.util.Date
     if kind == "time":
@@ -244,9 +244,16 @@ def batch_value(cql: CqlType, value: Any) -> Any:
     return value
 
 
-def _timestamp_ms(value: dt.datetime) -> int:
-    # The driver builds a naive UTC datetime from ms / 1000.0: rounding to the ms recovers the stored value.
-    micros = (value.replace(tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
+def timestamp_ms(value: dt.datetime) -> int:
+    """A driver timestamp as the exact milliseconds the node holds.
+
+    The driver builds the datetime from ``ms / 1000.0``, a float: far from 1970 that lands a few microseconds
+    below the true instant (9999-12-31T23:59:59.999 comes back as ...59.998993), and truncating it loses a
+    millisecond. The float's error is far below half a millisecond anywhere in ``datetime``'s range, so
+    rounding to the nearest millisecond gives the stored value back. A naive datetime is UTC, as the driver's.
+    """
+    aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    micros = (aware - _EPOCH) // dt.timedelta(microseconds=1)
     return (micros + 500) // 1000
 
 

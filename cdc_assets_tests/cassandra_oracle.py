@@ -7,7 +7,6 @@ cassandra-driver hands back its own types for some CQL values (``cassandra.util.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,13 +15,12 @@ from cassandra.util import Date, Duration, Time
 from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.destinations.model import canonical_rows
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+from cdc_assets.snapshot import quote, timestamp_ms
 
 
 def select_all(session: Any, table: TableSchema) -> list[dict[str, Any]]:
     """Every row ``SELECT * FROM ks.t`` returns now, canonical (``cdc_assets.destinations.model``'s docstring)."""
-    query = f'SELECT * FROM "{table.keyspace}"."{table.name}"'
+    query = f"SELECT * FROM {quote(table.keyspace)}.{quote(table.name)}"
     result = session.execute(query)
     # Rows are tuples whatever the session's row factory; the driver's named tuples mangle quoted names.
     names = result.column_names
@@ -56,16 +54,3 @@ def driver_value(cql: CqlType, value: Any) -> Any:
     if kind in ("tuple", "udt"):
         return [driver_value(arg, item) for arg, item in zip(cql.args, value)]
     return value
-
-
-def timestamp_ms(value: dt.datetime) -> int:
-    """A driver timestamp as the exact milliseconds the node holds.
-
-    The driver builds the datetime from ``ms / 1000.0``, a float: far from 1970 that lands a few microseconds
-    below the true instant (9999-12-31T23:59:59.999 comes back as ...59.998993), and truncating it loses a
-    millisecond. The float's error is far below half a millisecond anywhere in ``datetime``'s range, so
-    rounding to the nearest millisecond gives the stored value back.
-    """
-    aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    micros = (aware - _EPOCH) // dt.timedelta(microseconds=1)
-    return (micros + 500) // 1000
