@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -34,17 +33,12 @@ from cdc_assets.config import load_config
 from cdc_assets.definitions import build_definitions
 from cdc_assets.defs.alerts import SENSOR as ALERT_SENSOR
 from cdc_assets.defs.checks.health import SENSOR as HEALTH_SENSOR
+from cdc_assets.devstack import free_port
 from cdc_assets_tests.pipeline_harness import SHOP_CQL, Pipeline
 
 SLACK_TOKEN = "xoxb-1111-2222-test-token-do-not-leak"
 SMTP_USER = "alerts"
 SMTP_PASSWORD = "smtp-pw-never-in-a-body"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class HttpReceiver:

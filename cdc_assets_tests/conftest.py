@@ -12,7 +12,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -22,6 +21,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from cdc_assets.devstack import free_port
 
 # The chdb engine fixtures, for every module (chdb hosts one engine per process), the pipeline's, and the
 # real Cassandra nodes of the tests marked ``cassandra``.
@@ -52,12 +53,6 @@ def _server_binary(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _as_server_user(command: list[str]) -> list[str]:
     """initdb and postgres refuse to run as root: run them as the ``postgres`` account then."""
     if os.geteuid() != 0:
@@ -80,7 +75,7 @@ def postgres_server() -> Iterator[str]:
         data = Path(root) / "data"
         if os.geteuid() == 0:
             os.chown(root, pwd.getpwnam("postgres").pw_uid, -1)
-        port = _free_port()
+        port = free_port()
         subprocess.run(
             _as_server_user([_server_binary("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]),
             check=True,

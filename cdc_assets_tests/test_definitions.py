@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from cdc_assets.config import load_config
 from cdc_assets.definitions import build_definitions
 from cdc_assets.defs.keys import destination_key, staged_key, stream_key
+from cdc_assets.devstack import free_port
 from cdc_assets_tests.pipeline_harness import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,12 +84,6 @@ def test_the_repository_code_location_passes_dagster_validation(tmp_path: Path) 
     assert "Validation successful" in result.stderr + result.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _post(url: str, query: str) -> dict:
     request = urllib.request.Request(
         url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
@@ -99,7 +93,7 @@ def _post(url: str, query: str) -> dict:
 
 
 def test_the_webserver_serves_the_asset_graph_over_graphql(tmp_path: Path, two_nodes: Path) -> None:
-    port = _free_port()
+    port = free_port()
     environment = {**os.environ, "DAGSTER_HOME": str(tmp_path), "CDC_ASSETS_CONFIG": str(two_nodes)}
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     server = subprocess.Popen(
