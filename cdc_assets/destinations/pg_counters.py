@@ -64,16 +64,15 @@ def reduce_and_render(shards: pa.Table, owners: np.ndarray, count: int) -> pa.Ar
 
 
 def merge_sql(schema: str) -> list[str]:
-    """The SQL functions merging two stored shard objects (``merge_shards``) and any number of them
-    (``merge_shards_agg``, for TimescaleDB's state views); ``schema`` is the quoted helper schema."""
+    """The SQL function merging two stored shard objects (``merge_shards``); ``schema`` is the quoted helper
+    schema."""
     rank = "ROW(({0}->>0)::bigint, ({0}->>1)::bigint, ({0}->>2)::bigint)"
     return [
         f"CREATE OR REPLACE FUNCTION {schema}.merge_shards(old jsonb, new jsonb) RETURNS jsonb LANGUAGE sql "
-        "IMMUTABLE AS $$ SELECT CASE WHEN old IS NULL THEN new WHEN new IS NULL THEN old ELSE "
+        "IMMUTABLE PARALLEL SAFE AS $$ SELECT CASE WHEN old IS NULL THEN new WHEN new IS NULL THEN old ELSE "
         "(SELECT jsonb_object_agg(coalesce(o.key, n.key), CASE WHEN n.value IS NULL THEN o.value "
         f"WHEN o.value IS NULL THEN n.value WHEN {rank.format('n.value')} > {rank.format('o.value')} "
         "THEN n.value ELSE o.value END) FROM jsonb_each(old) o FULL JOIN jsonb_each(new) n ON o.key = n.key) END $$",
-        f"CREATE OR REPLACE AGGREGATE {schema}.merge_shards_agg(jsonb) (SFUNC = {schema}.merge_shards, STYPE = jsonb)",
     ]
 
 

@@ -21,6 +21,7 @@ then the later expiry; then the greater value bytes), elements a collection dele
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -246,6 +247,12 @@ def reduce_and_render(
 
     ``deletions``: each owner's collection deletion (write time, null for none); what it covers is dropped.
     """
+    return render(*reduce(elements, owners, deletions), count)
+
+
+def reduce(elements: pa.Table, owners: np.ndarray, deletions: pa.Array | None = None) -> tuple[pa.Table, np.ndarray]:
+    """The elements Cassandra keeps per owner and identity (what a collection deletion covers dropped), with
+    their owners, grouped by owner."""
     keep = np.nonzero(owners >= 0)[0]
     if len(keep) < len(owners):
         elements, owners = elements.take(pa.array(keep, pa.int64())), owners[keep]
@@ -254,15 +261,84 @@ def reduce_and_render(
         deleted_at = pc.fill_null(deletions, np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
         ts = elements.column(TS).to_numpy()
         winners = winners[ts[winners] > deleted_at[owners[winners]]]
-    kept = elements.take(pa.array(winners, pa.int64()))
     kept_owners = owners[winners]
     order = np.argsort(kept_owners, kind="stable")
-    texts = _element_texts(kept).take(pa.array(order, pa.int64()))
-    sizes = np.bincount(kept_owners, minlength=count)
+    return elements.take(pa.array(winners[order], pa.int64())), kept_owners[order]
+
+
+def render(kept: pa.Table, owners: np.ndarray, count: int) -> pa.Array:
+    """Per owner, the jsonb text of its elements (``reduce``'s, grouped by owner; null when it has none)."""
+    sizes = np.bincount(owners, minlength=count)
     offsets = pa.array(np.r_[0, np.cumsum(sizes)].astype(np.int32))
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, texts), ",")
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, _element_texts(kept)), ",")
     objects = pc.binary_join_element_wise("{", joined, "}", "")
     return pc.if_else(pa.array(sizes > 0), objects, pa.scalar(None, pa.string()))
+
+
+def presentable(cql: CqlType) -> bool:
+    """Whether :func:`present` spells ``cql``'s presented value (else PostgreSQL computes it from the elements):
+    sets, lists and maps of text and integers, the element kinds built column by column."""
+    if cql.kind not in ("set", "list", "map"):
+        return False
+    return all(arg.kind in _COLUMNAR_KINDS for arg in cql.args)
+
+
+def present(cql: CqlType, kept: pa.Table, owners: np.ndarray, count: int, dropped_at: int) -> Presented:
+    """Per owner, the presented value of its elements (``reduce``'s) as PostgreSQL's text input of
+    ``pg_types.pg_type(cql)``, every element held included (live and expiring; not tombstones nor what a
+    drop of the column hides), in the column's order; and its first element expiry. What the SQL function
+    ``PgTableSql._present_function`` computes from the stored jsonb, spelt here from the Arrow elements.
+
+    ``spelt`` is False for an owner whose value this cannot spell (a list of text holding a control
+    character): PostgreSQL computes that one."""
+    classes = pc.fill_null(kept.column(CLASS), 0).to_numpy(zero_copy_only=False)
+    expiring = np.where(classes == EXPIRING, pc.fill_null(kept.column(EXP), 0).to_numpy(zero_copy_only=False), 0)
+    first_expiry = np.full(count, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_expiry, owners[classes == EXPIRING], expiring[classes == EXPIRING])
+    until = pa.array(first_expiry, pa.int64(), mask=first_expiry == np.iinfo(np.int64).max)
+    shown = (classes != TOMBSTONE) & (kept.column(TS).to_numpy() > dropped_at)
+    rows = kept.select([KEY, VALUE, ORDER, MAP_KEY]).filter(pa.array(shown))
+    shown_owners = owners[shown]
+    order_field = KEY if text_keyed(cql) else ORDER
+    order_text = rows.column(order_field).combine_chunks()
+    # Owner first, then the column's order: text (and hex of order bytes) sorts as its UTF-8 bytes do.
+    by = pa.table({"owner": pa.array(shown_owners, pa.int64()), "order": order_text.cast(pa.binary())})
+    sorted_index = pc.sort_indices(by, sort_keys=[("owner", "ascending"), ("order", "ascending")])
+    rows, shown_owners = rows.take(sorted_index), shown_owners[sorted_index.to_numpy()]
+    spelt = np.ones(count, dtype=bool)
+    if cql.kind == "map":
+        if text_keyed(cql):
+            keys = json_string(rows.column(KEY).combine_chunks())
+        else:
+            # An integer key is kept as a JSON string of its digits: the object key jsonb_object_agg makes.
+            keys = rows.column(MAP_KEY).combine_chunks()
+        items = pc.binary_join_element_wise(keys, rows.column(VALUE).combine_chunks(), ":")
+    else:
+        if cql.kind == "set" and text_keyed(cql):
+            items = json_string(rows.column(KEY).combine_chunks())
+        else:
+            items = rows.column(VALUE).combine_chunks()
+        if cql.args[0].kind in ("ascii", "text"):
+            # JSON's string escapes are the array literal's (a backslash before `\` or `"`), but for the
+            # control characters JSON spells as `\n`, `\u0001`: those owners are left to PostgreSQL.
+            escaped = pc.fill_null(pc.match_substring_regex(items, r'\\[^\\"]'), False).to_numpy(zero_copy_only=False)
+            spelt[np.unique(shown_owners[escaped])] = False
+    sizes = np.bincount(shown_owners, minlength=count)
+    offsets = pa.array(np.r_[0, np.cumsum(sizes)].astype(np.int32))
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, items), ",")
+    values = pc.binary_join_element_wise("{", joined, "}", "")
+    values = pc.if_else(pa.array(sizes > 0), values, pa.scalar(None, pa.string()))
+    return Presented(values, until, pa.array(spelt))
+
+
+@dataclass(frozen=True)
+class Presented:
+    """Per owner: the presented value's text (null: no element held), its first element expiry (null: none
+    expires) and whether ``value`` is spelt (False: PostgreSQL is to compute it)."""
+
+    value: pa.Array
+    until: pa.Array
+    spelt: pa.Array
 
 
 def latest_writetimes(elements: pa.Table, owners: np.ndarray, count: int) -> pa.Array:

@@ -25,7 +25,7 @@ values that need Python (durations, collections, UDTs, non-integer clustering ke
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,45 @@ def vb_name(column: str) -> str:
 
 def deleted_at_name(column: str) -> str:
     return f"{column}__deleted_at"
+
+
+def sum_name(column: str) -> str:
+    """A counter's presented value, summed from its shards by PostgreSQL (a generated storage column)."""
+    return f"{column}__sum"
+
+
+def shown_name(column: str) -> str:
+    """A complex column's presented value, every element it holds included (see :func:`presented_columns`)."""
+    return f"{column}__shown"
+
+
+def shown_until_name(column: str) -> str:
+    """Until when a complex column's stored presented value holds: its first element expiry."""
+    return f"{column}__shown_until"
+
+
+def spelt_name(column: str) -> str:
+    """Staged only: whether ``shown_name`` holds the presented value spelt in Python (else SQL computes it)."""
+    return f"{column}__spelt"
+
+
+def presented_columns(column: Column) -> list[tuple[str, str]]:
+    """The storage columns keeping a complex column's presented value with every element it holds, and until
+    when that holds (its first element expiry; null: never), so a read need not assemble it (none for
+    other columns)."""
+    if not column.type.is_complex:
+        return []
+    return [(shown_name(column.name), pg_types.pg_type(column.type)), (shown_until_name(column.name), "bigint")]
+
+
+def merge_staging_columns(table: TableSchema, columns: Sequence[Column]) -> list[tuple[str, str]]:
+    """The staging columns of a merge into the current state: :func:`staging_columns`, then each complex
+    column's presented value (from ``reduce_parts(…, dropped_at)``)."""
+    presented = []
+    for column in columns:
+        if column.type.is_complex:
+            presented += [*presented_columns(column), (spelt_name(column.name), "boolean")]
+    return staging_columns(table, columns) + presented
 
 
 def has_value_bytes(cql: CqlType) -> bool:
@@ -384,10 +423,11 @@ def partition_pieces(
     piece_of = partitions * pieces // (int(partitions.max()) + 1)
     order = np.argsort(piece_of, kind="stable")
     bounds = np.searchsorted(piece_of[order], np.arange(pieces + 1))
-    taken = batch.take(pa.array(order))
+    # Each piece taken when it is wanted: the first reaches PostgreSQL without waiting for the others.
     for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         if end > start:
-            yield order[start:end], taken.slice(start, end - start)
+            indices = order[start:end]
+            yield indices, batch.take(pa.array(indices))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -537,25 +577,75 @@ def _int_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64), valid
 
 
-def reduce_parts(parts: Parts, columns: Sequence[Column]) -> Parts:
+def reduce_parts(parts: Parts, columns: Sequence[Column], dropped_at: Mapping[str, int] | None = None) -> Parts:
     """One part per key and kind: cells, liveness and deletions of a key merged by Cassandra's rules, and
-    each complex column's elements reduced and rendered as its staged jsonb text."""
+    each complex column's elements reduced and rendered as its staged jsonb text.
+
+    With ``dropped_at`` (per complex column, the write time at or before which a drop hides its cells), each
+    complex column's :func:`presented_columns` are staged too, for the merge into the current state."""
     groups, count = _group_ids(parts)
     table = parts.table
     if count == parts.num_rows:
         result = {name: _array(table, name) for name in table.column_names}
     else:
         result = _reduced_cells(table, groups, count, columns)
+    names = list(table.column_names)
+    if dropped_at is not None:
+        _apply_own_deletions(result, columns)
     for column in columns:
         if merged_by_parts(column):
             owners = element_owners(parts, column)
             owners = np.where(owners >= 0, groups[owners], -1)
-            if column.type.is_complex:
-                deletions = result[deleted_at_name(column.name)]
-                result[column.name] = el.reduce_and_render(parts.elements[column.name], owners, count, deletions)
-            else:
+            if not column.type.is_complex:
                 result[column.name] = ct.reduce_and_render(parts.elements[column.name], owners, count)
-    return Parts(pa.table({name: result[name] for name in table.column_names}), parts.rejected)
+                continue
+            deletions = result[deleted_at_name(column.name)]
+            if dropped_at is not None:
+                deletions = _later(deletions, result[DELETED_AT])
+            kept, kept_owners = el.reduce(parts.elements[column.name], owners, deletions)
+            result[column.name] = el.render(kept, kept_owners, count)
+            if dropped_at is None:
+                continue
+            if el.presentable(column.type):
+                presented = el.present(column.type, kept, kept_owners, count, dropped_at[column.name])
+                value, until, spelt = presented.value, presented.until, presented.spelt
+            else:
+                value, until, spelt = (
+                    pa.nulls(count, pa.string()),
+                    pa.nulls(count, pa.int64()),
+                    pa.nulls(count, pa.bool_()),
+                )
+            shown = (shown_name(column.name), shown_until_name(column.name), spelt_name(column.name))
+            result.update(zip(shown, (value, until, spelt), strict=True))
+            names += shown
+    return Parts(pa.table({name: result[name] for name in names}), parts.rejected)
+
+
+def _apply_own_deletions(result: dict[str, pa.Array], columns: Sequence[Column]) -> None:
+    """Remove from each reduced part what its own deletion (a row's deletion, in ``DELETED_AT``) hides: the
+    liveness and simple cells written at or before it. (Elements: by ``reduce_parts``; counter shards stay,
+    their presented sum hides them.) What the merge statement would remove, removed before it runs."""
+    deleted_at = result[DELETED_AT]
+    if deleted_at.null_count == len(deleted_at):
+        return
+
+    def hidden(ts: pa.Array) -> pa.Array:
+        return pc.fill_null(pc.less_equal(ts, deleted_at), False)
+
+    live_hidden = hidden(result[LIVE_TS])
+    for name in (LIVE_TS, LIVE_EXP):
+        result[name] = pc.if_else(live_hidden, pa.scalar(None, result[name].type), result[name])
+    for column in columns:
+        if merged_by_parts(column):
+            continue
+        cell_hidden = hidden(result[ts_name(column.name)])
+        for name, _ in cell_columns(column):
+            result[name] = pc.if_else(cell_hidden, pa.scalar(None, result[name].type), result[name])
+
+
+def _later(first: pa.Array, second: pa.Array) -> pa.Array:
+    """Element-wise the later of two nullable write times (null where both are)."""
+    return pc.max_element_wise(first, second, skip_nulls=True)
 
 
 def _reduced_cells(table: pa.Table, groups: np.ndarray, count: int, columns: Sequence[Column]) -> dict[str, pa.Array]:
