@@ -1,36 +1,36 @@
-"""The TimescaleDB destination: the change history as a hypertable on write time, plus a current-state view.
+"""The TimescaleDB destination: PostgreSQL's merged current state, plus the change history as a hypertable.
 
-Each load appends its changes, unreduced, to ``"<table>__changes"``: one row per change part
-(``pg_staging`` describes the columns), with ``_cdc_time`` (the change's latest write time: the time
-dimension), ``_cdc_segment_id``/``_cdc_position`` (where it was read) and ``_cdc_key`` (the part's kind
-and key). The unique index on those four makes a replay a no-op; it includes ``_cdc_time`` because
-TimescaleDB requires unique indexes to include the time column. A load is one transaction: COPY into a
-staging table and one ``INSERT … ON CONFLICT DO NOTHING`` per piece, then the load ledger's row.
+The current state is exactly :mod:`postgres`'s (the same storage tables, merge and view): a read costs what
+it costs there, whatever the length of the history. This destination is a :class:`PostgresDestination`
+given a :class:`ChangeHistory` hook (:class:`~cdc_assets.destinations.postgres.LoadHook`); it overrides
+nothing of PostgreSQL's.
 
-The current state is computed from the history when it is read: views ``"<table>__rows"``,
-``"<table>__static"``, ``"<table>__partdel"`` and ``"<table>__rangedel"`` reduce the history to what
-:mod:`postgres` keeps in its storage tables of those names (per cell the one Cassandra keeps, the latest
-deletions, collections merged element by element), and the same current-state view ``"<table>"`` is
-built on them. Loading is an append, so it costs about what a bare bulk load costs; reading scans the
-history (as ClickHouse's view does).
+The history is for time-series questions (what changed when), not for reconstructing reads: each load also
+appends its changes, unreduced, to ``"<table>__changes"``: one row per change part (``pg_staging``
+describes the columns), with ``_cdc_time`` (the change's latest write time: the time dimension),
+``_cdc_segment_id``/``_cdc_position`` (where it was read) and ``_cdc_key`` (the part's kind and key). The
+unique index on those four makes a replay a no-op; it includes ``_cdc_time`` because TimescaleDB requires
+unique indexes to include the time column. A load is one transaction: per piece, PostgreSQL's merge, then
+a COPY of the piece's parts into the history (through a staging table and ``INSERT … ON CONFLICT DO
+NOTHING`` when the load may be a replay); then the load ledger's row. The trade-off: a load writes the
+changes twice (merged state and history), so it costs about what a PostgreSQL load costs plus an append.
 
 With the ``timescaledb`` extension the history is a hypertable (``chunk_interval``), compressed after
 ``compress_after`` (segmented by partition key) and dropped after ``retention``. Without it the
 destination refuses to start, unless ``allow_plain_postgres=True``: then it warns and keeps the history
 in a table range-partitioned on ``_cdc_time`` (one partition per ``chunk_interval``, created as loads
 need them; partitions past ``retention`` are dropped after each load; there is no compression).
-The current state is the history's: with a ``retention``, rows and deletions whose every change is older
-than the retention leave the current state with it (no retention, the default, keeps everything).
+With a ``retention``, what the history lets go leaves the current state too, after each load: rows and
+deletions nothing written since the retention's cutoff (rounded down to a chunk) touched (no retention, the
+default, keeps everything).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar
 
 import numpy as np
 import psycopg
@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.dead_letters import DeadLetterStore
-from cdc_assets.destinations import pg_binary, pg_types
+from cdc_assets.destinations import pg_binary
 from cdc_assets.destinations import pg_staging as st
 from cdc_assets.destinations.base import PermanentDestinationError
 from cdc_assets.destinations.postgres import (
@@ -50,7 +50,6 @@ from cdc_assets.destinations.postgres import (
     PostgresDestination,
     Step,
     drop_stage_step,
-    drop_view,
     ident,
     positions,
     stage_steps,
@@ -60,6 +59,8 @@ from cdc_assets.destinations.postgres import (
 log = logging.getLogger(__name__)
 
 HISTORY_SUFFIX = "__changes"
+_REBUILD = "_cdc_history_rebuild"
+_REBUILD_ROUND = "_cdc_history_round"
 HISTORY_STAGE = "_cdc_history_stage"
 TIME = "_cdc_time"
 SEGMENT = "_cdc_segment_id"
@@ -129,162 +130,35 @@ def hypertable_sql(
     return statements
 
 
-@dataclass(frozen=True)
-class HistoryTableSql(PgTableSql):
-    """A table whose storage is its change history; the tables :class:`PgTableSql` merges into are views."""
-
-    partitioned: bool = False
-
-    def storage_ddl(self) -> list[str]:
-        return [
-            f"CREATE SCHEMA IF NOT EXISTS {ident(self.schema)}",
-            *history_ddl(self, [], partitioned=self.partitioned),
-        ]
-
-    def add_columns_ddl(self, columns: Sequence[Column]) -> list[str]:
-        return history_ddl(self, columns, partitioned=self.partitioned)[1:-1]
-
-    def state_views(self) -> list[tuple[str, str]]:
-        """(name, SELECT) of the views standing in for PostgreSQL's storage tables."""
-        table = self.table
-        keys = self._key_list()
-        history = self.name(HISTORY_SUFFIX)
-        deleted = "max(_cdc_deleted_at) AS _cdc_deleted_at"
-        return [
-            (self.name("__rows"), self._reduced(st.PART_ROW, table.regulars, clustering=True)),
-            (self.name("__static"), self._reduced(st.PART_STATIC, table.statics, clustering=False)),
-            (
-                self.name("__partdel"),
-                f"SELECT {keys}, {deleted} FROM {history} WHERE _cdc_part = '{st.PART_PARTITION}' GROUP BY {keys}",
-            ),
-            (
-                self.name("__rangedel"),
-                f"SELECT {keys}, _cdc_low, _cdc_high, {deleted} FROM {history} "
-                f"WHERE _cdc_part = '{st.PART_RANGE}' GROUP BY {keys}, _cdc_low, _cdc_high",
-            ),
-        ]
-
-    # The current-state view computes each reduction once (MATERIALIZED), under these names.
-    _SOURCES: ClassVar[dict[str, str]] = {
-        "__rows": "_cdc_rows",
-        "__static": "_cdc_static",
-        "__partdel": "_cdc_partdel",
-        "__rangedel": "_cdc_rangedel",
-    }
-
-    def _source(self, suffix: str) -> str:
-        return self._SOURCES[suffix]
-
-    def _prelude(self) -> list[str]:
-        views = dict(self.state_views())
-        ctes = [f"{alias} AS MATERIALIZED ({views[self.name(suffix)]})" for suffix, alias in self._SOURCES.items()]
-        keys = ", ".join(f"r.{ident(c.name)}" for c in self.table.partition_key)
-        # Range deletions joined to rows by partition key once, not looked up row by row in a table without
-        # an index.
-        ctes.append(
-            f"_cdc_ranged AS MATERIALIZED (SELECT {keys}, r._cdc_ck, max(d._cdc_deleted_at) AS _cdc_deleted_at "
-            f"FROM _cdc_rows r JOIN _cdc_rangedel d ON {self._key_match('d', 'r')} "
-            f"AND d._cdc_low <= r._cdc_ck AND r._cdc_ck < d._cdc_high GROUP BY {keys}, r._cdc_ck)"
-        )
-        return ctes
-
-    def _range_hidden(self) -> tuple[str, str]:
-        join = f"LEFT JOIN _cdc_ranged g ON {self._key_match('g', 's')} AND g._cdc_ck = s._cdc_ck"
-        return join, "g._cdc_deleted_at"
-
-    def _reduced(self, part: str, columns: Sequence[Column], *, clustering: bool) -> str:
-        """The history's parts of one kind reduced per key: each cell, the liveness and the deletions that
-        win, as the storage table of that kind holds them."""
-        table = self.table
-        history = self.name(HISTORY_SUFFIX)
-        group = [ident(c.name) for c in table.partition_key] + (["_cdc_ck"] if clustering else [])
-        keys = ", ".join(group)
-        where = f"FROM {history} WHERE _cdc_part = '{part}'"
-        base = group[: len(table.partition_key)]
-        if clustering:
-            base += [ident(c.name) for c in table.clustering] + ["_cdc_ck"]
-
-        def winner(name: str, selected: Sequence[str], present: str, order: Sequence[str]) -> str:
-            return (
-                f"{name} AS (SELECT DISTINCT ON ({keys}) {keys}, {', '.join(selected)} {where} AND {present} "
-                f"ORDER BY {keys}, {', '.join(f'{o} DESC' for o in order)})"
-            )
-
-        ctes = [
-            f"b AS (SELECT DISTINCT ON ({keys}) {', '.join(base)} {where})",
-            winner(
-                "l",
-                ["_cdc_live_ts", "_cdc_live_exp"],
-                "_cdc_live_ts IS NOT NULL",
-                ["_cdc_live_ts", "_cdc_live_exp IS NOT NULL", "coalesce(_cdc_live_exp, 0)"],
-            ),
-        ]
-        aggregates = ["max(_cdc_deleted_at) AS _cdc_deleted_at"]
-        selected = [*(f"b.{name}" for name in base), "l._cdc_live_ts", "l._cdc_live_exp", "a._cdc_deleted_at"]
-        joins = ["LEFT JOIN l USING (" + keys + ")", "LEFT JOIN a USING (" + keys + ")"]
-        for index, column in enumerate(columns):
-            name = ident(column.name)
-            if st.merged_by_parts(column):
-                deleted_at = ident(st.deleted_at_name(column.name))
-                merge = "merge_elements_agg" if column.type.is_complex else "merge_shards_agg"
-                aggregates += [f"{ident(self.helper)}.{merge}({name}) AS {name}"]
-                aggregates += [f"max({deleted_at}) AS {deleted_at}"]
-                selected += [f"a.{name}", f"a.{deleted_at}"]
-                continue
-            cells = [ident(cell) for cell, _ in st.cell_columns(column)]
-            ts, exp, tombstone = cells[1], cells[2], cells[3]
-            computed = pg_types.value_bytes_sql(column.type, name)
-            value_bytes = cells[4] if computed is None else computed
-            rank = [ts, f"CASE WHEN {tombstone} THEN 2 WHEN {exp} IS NOT NULL THEN 1 ELSE 0 END"]
-            rank += [f"coalesce({exp}, 0)", f"coalesce({value_bytes}, '\\x'::bytea)"]
-            ctes.append(winner(f"c{index}", cells, f"{ts} IS NOT NULL", rank))
-            selected += [f"c{index}.{cell}" for cell in cells]
-            joins.append(f"LEFT JOIN c{index} USING ({keys})")
-        ctes.append(f"a AS (SELECT {keys}, {', '.join(aggregates)} {where} GROUP BY {keys})")
-        return f"WITH {', '.join(ctes)} SELECT {', '.join(selected)} FROM b {' '.join(joins)}"
-
-
-class TimescaleDestination(PostgresDestination):
-    """A change-history hypertable and a current-state view computed from it (see the module docstring)."""
-
-    name = "timescaledb"
+class ChangeHistory:
+    """The :class:`~cdc_assets.destinations.postgres.LoadHook` appending every change of a load to the table's
+    history (a hypertable, or a range-partitioned table without the extension), in the load's transaction."""
 
     def __init__(
         self,
-        dsn: str,
-        schema_prefix: str = "",
+        helper: str,
         *,
-        chunk_interval: timedelta = timedelta(days=1),
-        compress_after: timedelta | None = timedelta(days=7),
-        retention: timedelta | None = None,
-        allow_plain_postgres: bool = False,
-        dead_letters: DeadLetterStore | None = None,
-        connect_timeout: int = 10,
-        piece_changes: int = PIECE_CHANGES,
+        chunk_interval: timedelta,
+        compress_after: timedelta | None,
+        retention: timedelta | None,
+        allow_plain_postgres: bool,
     ):
-        super().__init__(
-            dsn, schema_prefix, dead_letters=dead_letters, connect_timeout=connect_timeout, piece_changes=piece_changes
-        )
+        self.helper = helper
         self.chunk_interval = chunk_interval
         self.compress_after = compress_after
         self.retention = retention
         self.allow_plain_postgres = allow_plain_postgres
-        self._timescale: bool | None = None
+        self.timescale: bool | None = None
         self._append_directly = False
-        self._histories: dict[tuple[str, str], TableSchema] = {}
 
-    @property
-    def uses_timescale(self) -> bool:
-        """Whether the history is a TimescaleDB hypertable (else plain PostgreSQL partitioning)."""
-        if self._timescale is None:
-            self._timescale = self._detect()
-        return self._timescale
-
-    def _detect(self) -> bool:
-        with self._transaction() as cursor:
-            cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-            available = cursor.fetchone() is not None
-        if available:
+    def detect(self, cursor: psycopg.Cursor) -> bool:
+        """Whether the history is a TimescaleDB hypertable; without the extension, refuse unless plain
+        PostgreSQL is allowed."""
+        if self.timescale is not None:
+            return self.timescale
+        cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        if cursor.fetchone() is not None:
+            self.timescale = True
             return True
         if not self.allow_plain_postgres:
             raise PermanentDestinationError(
@@ -297,53 +171,20 @@ class TimescaleDestination(PostgresDestination):
             TIME,
             "" if self.retention is None else f"; partitions older than {self.retention} are dropped after loads",
         )
+        self.timescale = False
         return False
 
-    def sql(self, table: TableSchema) -> HistoryTableSql:
-        return HistoryTableSql(
-            table, self.schema_prefix + table.keyspace, self.helper, partitioned=not self.uses_timescale
-        )
-
-    def _ensure(self, table: TableSchema) -> dict[str, str]:
-        incompatible = super()._ensure(table)
-        sql = self.sql(table)
-        if not self.uses_timescale or self._histories.get((sql.schema, table.name)) == table:
-            return incompatible
-        with self._transaction() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"cdc_assets:{self.helper}"])
+    def ensure(self, cursor: psycopg.Cursor, sql: PgTableSql, columns: Sequence[Column]) -> None:
+        timescale = self.detect(cursor)
+        for statement in history_ddl(sql, columns, partitioned=not timescale):
+            cursor.execute(statement)
+        if timescale:
             for statement in hypertable_sql(
-                sql,
-                chunk_interval=self.chunk_interval,
-                compress_after=self.compress_after,
-                retention=self.retention,
+                sql, chunk_interval=self.chunk_interval, compress_after=self.compress_after, retention=self.retention
             ):
                 cursor.execute(statement)
-        self._histories[(sql.schema, table.name)] = table
-        return incompatible
 
-    def _replace_view(self, cursor: psycopg.Cursor, sql: PgTableSql) -> None:
-        """(Re)create the state views and the current-state view, unless they are already these."""
-        assert isinstance(sql, HistoryTableSql)
-        views = [*sql.state_views(), (sql.view, sql.view_sql())]
-        marker = "cdc_assets " + hashlib.sha256("\n".join(select for _, select in views).encode()).hexdigest()
-        cursor.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", [sql.view])
-        row = cursor.fetchone()
-        if row is not None and row[0] == marker:
-            return
-        drop_view(cursor, sql.view)
-        for name, _ in reversed(views[:-1]):
-            cursor.execute(f"DROP VIEW IF EXISTS {name}")
-        for name, select in views:
-            cursor.execute(f"CREATE VIEW {name} AS {select}")
-        # The marker is hex digits: nothing to escape.
-        cursor.execute(f"COMMENT ON VIEW {sql.view} IS '{marker}'")
-
-    def _prepare(
-        self, table: TableSchema, piece: pa.RecordBatch, columns: Sequence[Column], parts: st.Parts, number: int
-    ) -> list[Step]:
-        return self._history_steps(table, piece, columns, parts, number)
-
-    def _before_pieces(self, cursor: psycopg.Cursor, table: TableSchema, batch: pa.RecordBatch) -> None:
+    def before_pieces(self, cursor: psycopg.Cursor, table: TableSchema, batch: pa.RecordBatch) -> None:
         """Whether this load may COPY straight into the history: no committed load covers any of its positions,
         so none of its changes can be there already. Loads of a table are serialized for the check to hold."""
         cursor.execute(
@@ -360,15 +201,68 @@ class TimescaleDestination(PostgresDestination):
         )
         self._append_directly = not cursor.fetchone()[0]  # type: ignore[index]
 
-    def _after_pieces(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
-        if not self.uses_timescale and self.retention is not None:
-            self._drop_expired_partitions(cursor, table)
+    def fill(
+        self,
+        cursor: psycopg.Cursor,
+        sql: PgTableSql,
+        columns: Sequence[Column],
+        merge: Callable[[psycopg.Cursor, PgTableSql, str, Sequence[Column]], None],
+    ) -> None:
+        """Fill a current state created beside an existing history (versions before it kept only the
+        history, and merged it at every read): the history's parts merged round by round, each round at most
+        one part per key (the merge takes each key once), the parts of a key in the order they were written."""
+        history = sql.name(HISTORY_SUFFIX)
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {history})")
+        if not cursor.fetchone()[0]:  # type: ignore[index]
+            return
+        started = time.perf_counter()
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {_REBUILD} ON COMMIT DROP AS SELECT *, row_number() OVER "
+            f"(PARTITION BY {KEY} ORDER BY {TIME}, {SEGMENT}, {POSITION}) AS _cdc_round FROM {history}"
+        )
+        cursor.execute(f"CREATE INDEX ON {_REBUILD} (_cdc_round)")
+        cursor.execute(f"ANALYZE {_REBUILD}")
+        cursor.execute(f"SELECT count(*), coalesce(max(_cdc_round), 0) FROM {_REBUILD}")
+        parts, rounds = cursor.fetchone()  # type: ignore[misc]
+        kept = {name for name, _ in history_columns(sql.table, columns)}
+        select = ", ".join(
+            ident(name) if name in kept else f"NULL::{pg} AS {ident(name)}"
+            for name, pg in st.merge_staging_columns(sql.table, columns)
+        )
+        for number in range(1, rounds + 1):
+            cursor.execute(
+                f"CREATE OR REPLACE TEMPORARY VIEW {_REBUILD_ROUND} AS "
+                f"SELECT {select} FROM {_REBUILD} WHERE _cdc_round = {number}"
+            )
+            merge(cursor, sql, _REBUILD_ROUND, columns)
+            if number % 100 == 0:
+                log.info("%s: current state from the history: round %d of %d", sql.table.qualified_name, number, rounds)
+        cursor.execute(f"DROP TABLE {_REBUILD} CASCADE")
+        log.info(
+            "%s: current state filled from %d history parts in %d rounds, %.1f s",
+            sql.table.qualified_name,
+            parts,
+            rounds,
+            time.perf_counter() - started,
+        )
 
-    def _history_steps(
-        self, table: TableSchema, piece: pa.RecordBatch, columns: Sequence[Column], parts: st.Parts, number: int
+    def after_pieces(self, cursor: psycopg.Cursor, sql: PgTableSql) -> None:
+        """With a retention, what only changes past it held leaves the current state, and (without the
+        extension, whose policy does it) the history partitions past it are dropped."""
+        if self.retention is None:
+            return
+        width = int(self.chunk_interval.total_seconds() * 1_000_000)
+        cutoff = int((datetime.now(UTC) - self.retention).timestamp() * 1_000_000) // width * width
+        for statement in sql.forget_sql(cutoff):
+            cursor.execute(statement)
+        if not self.timescale:
+            self._drop_expired_partitions(cursor, sql, cutoff)
+
+    def piece_steps(
+        self, sql: PgTableSql, piece: pa.RecordBatch, columns: Sequence[Column], parts: st.Parts, number: int
     ) -> list[Step]:
         """Statements appending a piece's change parts to the history; parts already there (a replay) are skipped."""
-        sql = self.sql(table)
+        table = sql.table
         history = history_columns(table, columns)
         times = _write_times(parts, columns)
         parts = st.render_parts(parts, columns)
@@ -382,13 +276,13 @@ class TimescaleDestination(PostgresDestination):
         with_time = st.Parts(parts.table)
         for name, values in extra.items():
             with_time.table = with_time.table.append_column(name, values)
-        steps = [] if self.uses_timescale else self._partition_steps(sql, times)
+        steps = [] if self.timescale else self._partition_steps(sql, times)
         names = ", ".join(ident(name) for name, _ in history)
         target = sql.name(HISTORY_SUFFIX)
         if self._append_directly and _copies_directly(history, with_time.table):
             rows = with_time.table.select([n for n, _ in history])
             types = [t for _, t in history]
-            if self.uses_timescale:
+            if self.timescale:
                 return [*steps, _copy_step(target, names, rows, types)]
             # Straight into each partition: routing every row through the parent costs a third more.
             starts = self._chunk_starts(times)
@@ -423,20 +317,62 @@ class TimescaleDestination(PostgresDestination):
         width = int(self.chunk_interval.total_seconds() * 1_000_000)
         return times.to_numpy(zero_copy_only=False) // width * width
 
-    def _drop_expired_partitions(self, cursor: psycopg.Cursor, table: TableSchema) -> None:
-        """Plain-PostgreSQL retention: drop history partitions that end before now minus the retention."""
-        assert self.retention is not None
-        sql = self.sql(table)
+    def _drop_expired_partitions(self, cursor: psycopg.Cursor, sql: PgTableSql, cutoff: int) -> None:
+        """Plain-PostgreSQL retention: drop the history partitions that end by ``cutoff`` (µs)."""
         cursor.execute(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(%s)",
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = to_regclass(%s)",
             [sql.name(HISTORY_SUFFIX)],
         )
-        cutoff = datetime.now(UTC) - self.retention
-        for name, _ in cursor.fetchall():
-            lower = _partition_start(name, table.name)
-            if lower is not None and lower + self.chunk_interval.total_seconds() <= cutoff.timestamp():
+        width = self.chunk_interval.total_seconds()
+        for (name,) in cursor.fetchall():
+            lower = _partition_start(name, sql.table.name)
+            if lower is not None and lower + width <= cutoff / 1_000_000:
                 cursor.execute(f"DROP TABLE {ident(sql.schema)}.{ident(name)}")
+
+
+class TimescaleDestination(PostgresDestination):
+    """PostgreSQL's merged current state, plus the change history (see the module docstring): a
+    :class:`PostgresDestination` given a :class:`ChangeHistory` hook, nothing of it overridden."""
+
+    name = "timescaledb"
+
+    def __init__(
+        self,
+        dsn: str,
+        schema_prefix: str = "",
+        *,
+        chunk_interval: timedelta = timedelta(days=1),
+        compress_after: timedelta | None = timedelta(days=7),
+        retention: timedelta | None = None,
+        allow_plain_postgres: bool = False,
+        dead_letters: DeadLetterStore | None = None,
+        connect_timeout: int = 10,
+        piece_changes: int = PIECE_CHANGES,
+    ):
+        self.history = ChangeHistory(
+            f"{schema_prefix}_cdc",
+            chunk_interval=chunk_interval,
+            compress_after=compress_after,
+            retention=retention,
+            allow_plain_postgres=allow_plain_postgres,
+        )
+        super().__init__(
+            dsn,
+            schema_prefix,
+            dead_letters=dead_letters,
+            connect_timeout=connect_timeout,
+            piece_changes=piece_changes,
+            hook=self.history,
+        )
+
+    @property
+    def uses_timescale(self) -> bool:
+        """Whether the history is a TimescaleDB hypertable (else plain PostgreSQL partitioning)."""
+        if self.history.timescale is None:
+            with self._transaction() as cursor:
+                self.history.detect(cursor)
+        return bool(self.history.timescale)
 
 
 def _copies_directly(history: Sequence[tuple[str, str]], table: pa.Table) -> bool:
