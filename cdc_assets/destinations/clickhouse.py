@@ -110,10 +110,14 @@ STATE_LOADS_TABLE = "_cdc_state_loads"
 STATE_VERSION = "_cdc_version"
 MARKER_VISIBLE = "_cdc_marker_visible"
 MARKER_EXPIRES_AT = "_cdc_marker_expires_at"
+LIVE_UNTIL = "_cdc_live_until"
 
 _WRITETIME = "Nullable(Int64)"
 _SECONDS = "Nullable(DateTime('UTC'))"
 _NO_DELETION = "toInt64('-9223372036854775808')"
+# A row or cell live until _NEVER is not live; one live until _FOREVER does not expire.
+_NEVER = "toDateTime(0, 'UTC')"
+_FOREVER = "toDateTime(4294967295, 'UTC')"
 _NIL_UUID = "00000000-0000-0000-0000-000000000000"
 # Date32's range; Cassandra's date reaches millions of years either side.
 _DATE32_DAYS = (-719528, 2932896)
@@ -160,6 +164,8 @@ _CELL_PREFIXES = (
     "_cdc_value:",
     "_cdc_visible:",
     "_cdc_surviving:",
+    "_cdc_presented:",
+    "_cdc_expiring:",
 )
 
 
@@ -181,6 +187,14 @@ def _visible_column(name: str) -> str:
 
 def _state_elements_column(name: str) -> str:
     return f"_cdc_surviving:{name}"
+
+
+def _presented_column(name: str) -> str:
+    return f"_cdc_presented:{name}"
+
+
+def _expiring_column(name: str) -> str:
+    return f"_cdc_expiring:{name}"
 
 
 def _start_column(name: str) -> str:
@@ -565,6 +579,8 @@ class ClickHouseDestination:
         )
         settings = _view_settings(layout)
         self._call(lambda: self.client.command(sql, settings=settings))
+        # One part per partition range: the view's FINAL then reads without merging (reads are the product).
+        self._command(f"OPTIMIZE TABLE {layout.state} FINAL")
 
     def _mark_computed(self, layout: _Layout, load_ids: list[str]) -> None:
         if load_ids:
@@ -1331,6 +1347,7 @@ def _merged_state(layout: _Layout, scope: str = "true") -> str:
         f"ifNull(tupleElement(_cdc_marker, 1) > {hidden_sql}, false) AS {MARKER_VISIBLE}",
         f"tupleElement(_cdc_marker, 2) AS {MARKER_EXPIRES_AT}",
     ]
+    until: dict[str, str] = {}
     for column in table.value_columns:
         dropped = table.dropped_column(column.name)
         floor = hidden_sql if dropped is None else f"greatest({hidden_sql}, toInt64({dropped.dropped_at}))"
@@ -1339,7 +1356,14 @@ def _merged_state(layout: _Layout, scope: str = "true") -> str:
             collection = f"ifNull({quote('_cdc_collection_hidden:' + column.name)}, {_NO_DELETION})"
             condition = f"tupleElement(_e, 3) > greatest({floor}, {collection}) AND NOT tupleElement(_e, 4)"
             elements = quote("_cdc_elements:" + column.name)
-            parts.append(f"arrayFilter(_e -> {condition}, {elements}) AS {quote(_state_elements_column(column.name))}")
+            surviving = quote(_state_elements_column(column.name))
+            parts.append(f"arrayFilter(_e -> {condition}, {elements}) AS {surviving}")
+            # Presented once here; the view recomputes it only for a collection with expiring elements.
+            parts.append(f"{_complex_value(column, surviving)} AS {quote(_presented_column(column.name))}")
+            expiring = quote(_expiring_column(column.name))
+            parts.append(f"arrayExists(_e -> isNotNull(tupleElement(_e, 5)), {surviving}) AS {expiring}")
+            ends = f"arrayMap(_e -> ifNull(tupleElement(_e, 5), {_FOREVER}), {surviving})"
+            until[column.name] = f"if(empty({surviving}), {_NEVER}, arrayMax({ends}))"
         elif column.type.kind == "counter":
             # Shards newer than every deletion covering them count, unless a counter tombstone came.
             shards = quote("_cdc_shards:" + column.name)
@@ -1348,6 +1372,7 @@ def _merged_state(layout: _Layout, scope: str = "true") -> str:
             total = f"arraySum(arrayMap(_s -> tupleElement(_s, 1), {surviving}))"
             parts.append(f"ifNull(NOT {tombstone} AND notEmpty({surviving}), false) AS {visible}")
             parts.append(f"if({visible}, {total}, NULL) AS {quote(_value_column(column.name))}")
+            until[column.name] = f"if({visible}, {_FOREVER}, {_NEVER})"
         else:
             cell = quote("_cdc_cell:" + column.name)
             condition = f"tupleElement({cell}, 2) > {floor} AND NOT tupleElement({cell}, 3)"
@@ -1359,7 +1384,14 @@ def _merged_state(layout: _Layout, scope: str = "true") -> str:
                 else f"defaultValueOfArgumentType({value})"
             )
             parts.append(f"if({visible}, {value}, {empty}) AS {quote(_value_column(column.name))}")
-            parts.append(f"if({visible}, tupleElement({cell}, 4), NULL) AS {quote(_expires_column(column.name))}")
+            expires = quote(_expires_column(column.name))
+            parts.append(f"if({visible}, tupleElement({cell}, 4), NULL) AS {expires}")
+            until[column.name] = f"if({visible}, ifNull({expires}, {_FOREVER}), {_NEVER})"
+    # Until when the row is live: its marker or a cell of its kind (static or regular) outlives ``now``.
+    marker = f"if({MARKER_VISIBLE}, ifNull({MARKER_EXPIRES_AT}, {_FOREVER}), {_NEVER})"
+    static_until = _list([marker, *(until[c.name] for c in table.statics)])
+    row_until = _list([marker, *(until[c.name] for c in table.regulars)])
+    parts.append(f"if({STATIC}, greatest({static_until}), greatest({row_until})) AS {LIVE_UNTIL}")
     return f"SELECT {_list(parts)} FROM {source}"
 
 
@@ -1371,20 +1403,18 @@ def _merged(layout: _Layout, now: str) -> str:
     parts = [
         group,
         STATIC,
-        f"{MARKER_VISIBLE} AND {_live(MARKER_EXPIRES_AT, now)} AS _cdc_marker_live",
     ]
-    live: dict[str, str] = {}
     for column in table.value_columns:
         live_alias = quote("_cdc_live:" + column.name)
         visible = quote(_visible_column(column.name))
         if column.type.is_complex:
             elements = quote(_state_elements_column(column.name))
             parts.append(f"arrayFilter(_e -> {_live('tupleElement(_e, 5)', now)}, {elements}) AS {live_alias}")
-            parts.append(f"{_complex_value(column, live_alias)} AS {quote(column.name)}")
-            live[column.name] = f"notEmpty({live_alias})"
+            expiring = quote(_expiring_column(column.name))
+            presented = quote(_presented_column(column.name))
+            parts.append(f"if({expiring}, {_complex_value(column, live_alias)}, {presented}) AS {quote(column.name)}")
         elif column.type.kind == "counter":
             parts.append(f"{quote(_value_column(column.name))} AS {quote(column.name)}")
-            live[column.name] = visible
         else:
             expires = quote(_expires_column(column.name))
             parts.append(f"{visible} AND {_live(expires, now)} AS {live_alias}")
@@ -1395,10 +1425,7 @@ def _merged(layout: _Layout, now: str) -> str:
                 else f"defaultValueOfArgumentType({value})"
             )
             parts.append(f"if({live_alias}, {value}, {empty}) AS {quote(column.name)}")
-            live[column.name] = live_alias
-    static_live = " OR ".join(["_cdc_marker_live", *(live[c.name] for c in table.statics)])
-    row_live = " OR ".join(["_cdc_marker_live", *(live[c.name] for c in table.regulars)])
-    parts.append(f"if({STATIC}, {static_live}, {row_live}) AS _cdc_live")
+    parts.append(f"{LIVE_UNTIL} > {now} AS _cdc_live")
     return f"SELECT {_list(parts)} FROM {layout.state} FINAL"
 
 
