@@ -111,6 +111,7 @@ STATE_VERSION = "_cdc_version"
 MARKER_VISIBLE = "_cdc_marker_visible"
 MARKER_EXPIRES_AT = "_cdc_marker_expires_at"
 LIVE_UNTIL = "_cdc_live_until"
+FIRST_EXPIRY = "_cdc_first_expiry"
 
 _WRITETIME = "Nullable(Int64)"
 _SECONDS = "Nullable(DateTime('UTC'))"
@@ -1348,6 +1349,8 @@ def _merged_state(layout: _Layout, scope: str = "true") -> str:
         f"tupleElement(_cdc_marker, 2) AS {MARKER_EXPIRES_AT}",
     ]
     until: dict[str, str] = {}
+    # When the row's first visible cell expires (the row's own liveness is ``until``).
+    first: dict[str, str] = {}
     for column in table.value_columns:
         dropped = table.dropped_column(column.name)
         floor = hidden_sql if dropped is None else f"greatest({hidden_sql}, toInt64({dropped.dropped_at}))"
@@ -1364,6 +1367,7 @@ def _merged_state(layout: _Layout, scope: str = "true") -> str:
             parts.append(f"arrayExists(_e -> isNotNull(tupleElement(_e, 5)), {surviving}) AS {expiring}")
             ends = f"arrayMap(_e -> ifNull(tupleElement(_e, 5), {_FOREVER}), {surviving})"
             until[column.name] = f"if(empty({surviving}), {_NEVER}, arrayMax({ends}))"
+            first[column.name] = f"if(empty({surviving}), {_FOREVER}, arrayMin({ends}))"
         elif column.type.kind == "counter":
             # Shards newer than every deletion covering them count, unless a counter tombstone came.
             shards = quote("_cdc_shards:" + column.name)
@@ -1387,46 +1391,54 @@ def _merged_state(layout: _Layout, scope: str = "true") -> str:
             expires = quote(_expires_column(column.name))
             parts.append(f"if({visible}, tupleElement({cell}, 4), NULL) AS {expires}")
             until[column.name] = f"if({visible}, ifNull({expires}, {_FOREVER}), {_NEVER})"
+            first[column.name] = f"ifNull({expires}, {_FOREVER})"
     # Until when the row is live: its marker or a cell of its kind (static or regular) outlives ``now``.
     marker = f"if({MARKER_VISIBLE}, ifNull({MARKER_EXPIRES_AT}, {_FOREVER}), {_NEVER})"
     static_until = _list([marker, *(until[c.name] for c in table.statics)])
     row_until = _list([marker, *(until[c.name] for c in table.regulars)])
     parts.append(f"if({STATIC}, greatest({static_until}), greatest({row_until})) AS {LIVE_UNTIL}")
+    parts.append(f"least({_list([_FOREVER, *first.values()])}) AS {FIRST_EXPIRY}")
     return f"SELECT {_list(parts)} FROM {source}"
 
 
 def _merged(layout: _Layout, now: str) -> str:
     """Per row (and per partition's static row) in the merged state table: visible values at ``now``, and
-    whether the row is live."""
+    whether the row is live.
+
+    Rows none of whose cells expires by ``now`` (nearly all, usually) read their stored values as they are;
+    only the others check each cell's expiry.
+    """
     table = layout.table
     group = _list(quote(c.name) for c in [*table.partition_key, *table.clustering])
-    parts = [
-        group,
-        STATIC,
-    ]
+    stored = [group, STATIC]
+    checked = [group, STATIC]
     for column in table.value_columns:
-        live_alias = quote("_cdc_live:" + column.name)
-        visible = quote(_visible_column(column.name))
+        name = quote(column.name)
         if column.type.is_complex:
             elements = quote(_state_elements_column(column.name))
-            parts.append(f"arrayFilter(_e -> {_live('tupleElement(_e, 5)', now)}, {elements}) AS {live_alias}")
+            live = f"arrayFilter(_e -> {_live('tupleElement(_e, 5)', now)}, {elements})"
             expiring = quote(_expiring_column(column.name))
             presented = quote(_presented_column(column.name))
-            parts.append(f"if({expiring}, {_complex_value(column, live_alias)}, {presented}) AS {quote(column.name)}")
+            stored.append(f"{presented} AS {name}")
+            checked.append(f"if({expiring}, {_complex_value(column, live)}, {presented}) AS {name}")
         elif column.type.kind == "counter":
-            parts.append(f"{quote(_value_column(column.name))} AS {quote(column.name)}")
+            stored.append(f"{quote(_value_column(column.name))} AS {name}")
+            checked.append(f"{quote(_value_column(column.name))} AS {name}")
         else:
             expires = quote(_expires_column(column.name))
-            parts.append(f"{visible} AND {_live(expires, now)} AS {live_alias}")
             value = quote(_value_column(column.name))
             empty = (
                 "NULL"
                 if can_be_null(nullable(clickhouse_type(column.type)))
                 else f"defaultValueOfArgumentType({value})"
             )
-            parts.append(f"if({live_alias}, {value}, {empty}) AS {quote(column.name)}")
-    parts.append(f"{LIVE_UNTIL} > {now} AS _cdc_live")
-    return f"SELECT {_list(parts)} FROM {layout.state} FINAL"
+            stored.append(f"{value} AS {name}")
+            checked.append(f"if({_live(expires, now)}, {value}, {empty}) AS {name}")
+    live = f"{LIVE_UNTIL} > {now} AS _cdc_live"
+    return (
+        f"SELECT {_list([*stored, live])} FROM {layout.state} FINAL WHERE {FIRST_EXPIRY} > {now} "
+        f"UNION ALL SELECT {_list([*checked, live])} FROM {layout.state} FINAL WHERE {FIRST_EXPIRY} <= {now}"
+    )
 
 
 def _view_settings(layout: _Layout) -> dict[str, int]:
