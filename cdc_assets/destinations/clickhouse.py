@@ -4,6 +4,9 @@ Storage, per Cassandra table ``ks.t``, in the ClickHouse database ``<database_pr
 
 ==========================  ====================================================================================
 ``t``                       a view: the table's current state, what ``SELECT * FROM ks.t`` returns in Cassandra
+``t__cdc_state``            ReplacingMergeTree(``_cdc_version``) ordered by (partition key, ``_cdc_static``,
+                            clustering): per row, the merge of its partition's whole loaded history, except what
+                            depends on the time of reading (see below)
 ``t__cdc_rows``             MergeTree, append-only: one row per row or static-row change: its key, clustering,
                             row liveness (write time, expiry), row deletion and, per simple column, the value
                             with ``_cdc_writetime:<c>``, ``_cdc_expires_at:<c>`` and ``_cdc_deleted:<c>``; per
@@ -16,26 +19,49 @@ Storage, per Cassandra table ``ks.t``, in the ClickHouse database ``<database_pr
                             counter's tombstones are ``_cdc_deleted:<c>`` in ``t__cdc_rows``)
 ``t__cdc_deletions``        MergeTree, append-only: partition and range deletions (bounds per clustering column)
 ``_cdc_loads``              one row per committed load: table, load id, rows, first and last source position
+``_cdc_state_loads``        one row per load whose partitions ``t__cdc_state`` has been recomputed for
 ==========================  ====================================================================================
 
-Nothing is updated in place: every cell, tombstone and deletion is kept, so a late, replayed or
-duplicated change can never resurrect deleted data or overwrite newer data. The view reconciles at
-read time with Cassandra's rules: per cell, ``argMax`` over (write time, tombstone > expiring > live,
+Nothing is updated in place in the history tables (``__cdc_rows``, ``__cdc_elements``, ``__cdc_shards``,
+``__cdc_deletions``, ordered by partition key so one partition's history is found by the primary index):
+every cell, tombstone and deletion is kept, so a late, replayed or duplicated change can never resurrect
+deleted data or overwrite newer data. They are the source of truth; the merge of one partition's history
+(``_merged_state``) follows Cassandra's rules: per cell, ``argMax`` over (write time, tombstone > expiring > live,
 expiry, serialized value); deletions keep their maximum; a cell is visible when it is newer than every
 deletion covering it and not expired (``expires_at > now()``); elements merge by path. A counter is the
 sum of its leaders' shards, each the ``argMax`` by (clock, count, write time) per counter id and visible when
 newer than the deletions covering it; a counter tombstone hides it, whatever the write times.
 
-ClickHouse has no multi-statement transactions. Every stored change carries its load's id, and the view
-reads only changes whose load id is recorded in ``_cdc_loads``; a load records itself there last. A
-load killed half-way leaves rows nobody reads; running it again inserts them again (a duplicate cannot
-change a maximum) and then records the load. A load whose id is already recorded is skipped.
+Merge on write, read like a table: after a load is recorded, the merged state of every partition it
+touched is recomputed from that partition's whole loaded history and inserted into ``t__cdc_state`` with
+``_cdc_version = now64(9)``; the newest version of a row replaces the older ones, and the table is merged
+(``OPTIMIZE … FINAL``) so that the view's ``FINAL`` reads single parts without merging. Because a state is
+a function of the whole recorded history of its partition, arrival order, replays and duplicates cannot
+change it. A row that died is written too (live until the epoch), so it replaces its live version. What
+depends on ``now`` stays in the view: the state keeps each cell's value with its expiry, each complex
+column's surviving elements with their expiries (and the collection as presented, when none expires), each
+row's ``_cdc_live_until`` (when its last live cell or liveness expires) and ``_cdc_first_expiry`` (when its
+first cell does). The view reads the stored values as they are for rows whose first expiry is after
+``now`` and checks each cell's expiry only for the others (``UNION ALL`` of the two). The trade-off: a
+load pays for recomputing its partitions (in proportion to their history, not the table's) and for the
+merge of the state table; reads no longer grow with the history.
+
+ClickHouse has no multi-statement transactions. Every stored change carries its load's id, and the state
+is computed only from changes whose load id is recorded in ``_cdc_loads``; a load records itself there
+after its changes, then recomputes the state and records that in ``_cdc_state_loads``. A load killed
+before it was recorded leaves rows nobody reads; running it again inserts them again (a duplicate cannot
+change a maximum) and then records the load. A load whose id is already recorded is skipped. Loads
+recorded but not yet in ``_cdc_state_loads`` (killed after recording) are caught up by the next load of the
+table or the first use of the table in a process. The state table's comment holds a hash of the query
+that computed it: storage from an earlier version (no state table) or a layout that changed (columns
+added, dropped, re-added) has the state refilled from the whole history on first use. Storage tables
+created unsorted by an earlier version stay unsorted (ClickHouse cannot re-sort a table in place); their
+state is still correct, each load's recomputation scans their whole history. A process with an
+out-of-date schema recomputes partitions without the columns it does not know (they take their defaults
+until a process with the newer schema refills the state).
 
 Loads go through clickhouse-connect's ``insert_arrow``, over HTTP to a server or, with a ``chdb://`` DSN,
-into the in-process engine (which reads the Arrow stream from a temporary file). The storage tables are
-unsorted (``ORDER BY tuple()``): the view aggregates all of a table's changes whatever their order, and
-sorting each insert by key would cost a load about a fifth of its time. The price: reading the view
-scans the table's whole history, so its cost grows with the number of changes kept.
+into the in-process engine (which reads the Arrow stream from a temporary file).
 
 Schema evolution: added columns are added; columns Cassandra lists as dropped lose their storage, and
 cells written at or before the drop stay hidden if the column comes back (with any type). Storage of
