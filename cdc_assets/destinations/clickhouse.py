@@ -34,8 +34,9 @@ newer than the deletions covering it; a counter tombstone hides it, whatever the
 
 Merge on write, read like a table: after a load is recorded, the merged state of every partition it
 touched is recomputed from that partition's whole loaded history and inserted into ``t__cdc_state`` with
-``_cdc_version = now64(9)``; the newest version of a row replaces the older ones, and the table is merged
-(``OPTIMIZE … FINAL``) so that the view's ``FINAL`` reads single parts without merging. Because a state is
+``_cdc_version = now64(9)``; the newest version of a row replaces the older ones, and each load runs one
+merge step (``OPTIMIZE``, not ``FINAL``: that would rewrite the whole state on every load) so that the
+view's ``FINAL`` has few parts to merge. Because a state is
 a function of the whole recorded history of its partition, arrival order, replays and duplicates cannot
 change it. A row that died is written too (live until the epoch), so it replaces its live version. What
 depends on ``now`` stays in the view: the state keeps each cell's value with its expiry, each complex
@@ -606,8 +607,9 @@ class ClickHouseDestination:
         )
         settings = _view_settings(layout)
         self._call(lambda: self.client.command(sql, settings=settings))
-        # One part per partition range: the view's FINAL then reads without merging (reads are the product).
-        self._command(f"OPTIMIZE TABLE {layout.state} FINAL")
+        # One merge step per load, as the merge selector picks it (not FINAL: that rewrites the whole state,
+        # whatever the load's size): parts stay few, so the view's FINAL has little to merge.
+        self._command(f"OPTIMIZE TABLE {layout.state}")
 
     def _mark_computed(self, layout: _Layout, load_ids: list[str]) -> None:
         if load_ids:
