@@ -786,3 +786,69 @@ def test_the_view_serves_the_current_state_to_plain_sql(clickhouse: ClickHouseDe
 
     view = f"{quote(clickhouse.database(KV))}.{quote(KV.name)}"
     assert clickhouse.client.query(f"SELECT k, c, a, b FROM {view}").result_rows == [(1, 1, 1, None)]
+
+
+# -- the merged state table -------------------------------------------------------------------------
+
+
+def test_a_row_that_dies_after_being_live_leaves_the_view_after_a_later_load(clickhouse: ClickHouseDestination) -> None:
+    load(
+        clickhouse,
+        KV,
+        [
+            row({"k": 1}, {"c": 1}, {"a": cell(1, 10)}, row_writetime=10),
+            row({"k": 2}, {"c": 1}, {"b": cell("cells only", 10)}),
+            row({"k": 3}, {"c": 1}, {"a": cell(3, 10)}, row_writetime=10),
+        ],
+        "live",
+    )
+    assert kv_state(clickhouse) == [(1, 1, 1, None), (2, 1, None, "cells only"), (3, 1, 3, None)]
+
+    # A row deletion; the only cell of a row without liveness deleted; a later load leaves k=3 alone.
+    load(clickhouse, KV, [row({"k": 1}, {"c": 1}, deletion_writetime=20)], "row deleted")
+    load(clickhouse, KV, [row({"k": 2}, {"c": 1}, {"b": cell(None, 20, deleted=True)})], "cell deleted")
+
+    assert kv_state(clickhouse) == [(3, 1, 3, None)]
+    view = f"{quote(clickhouse.database(KV))}.{quote(KV.name)}"
+    assert clickhouse.client.query(f"SELECT k FROM {view}").result_rows == [(3,)]
+
+
+def test_storage_from_before_the_state_table_is_filled_on_first_use(clickhouse_factory: Factory, chdb_dsn: str) -> None:
+    destination = clickhouse_factory(None)
+    load(destination, KV, [row({"k": 1}, {"c": 1}, {"a": cell(1, 10), "b": cell("x", 10)}, row_writetime=10)], "one")
+    load(destination, KV, [row({"k": 2}, {"c": 1}, {"a": cell(2, 10)}, row_writetime=10)], "two")
+    load(destination, KV, [{"kind": "partition_deletion", "key": {"k": 2}, "deletion_writetime": 20}], "three")
+    expected = [(1, 1, 1, "x")]
+    assert kv_state(destination) == expected
+
+    # The earlier layout: unsorted history tables, no merged state.
+    database = quote(destination.database(KV))
+    client = destination.client
+    client.command(f"DROP TABLE {database}.{quote('t__cdc_state')}")
+    client.command(f"DROP TABLE {database}.{quote('_cdc_state_loads')}")
+    for suffix in ("__cdc_rows", "__cdc_elements", "__cdc_deletions"):
+        table, old = f"{database}.{quote('t' + suffix)}", f"{database}.{quote('t' + suffix + '_old')}"
+        client.command(f"CREATE TABLE {old} AS {table} ENGINE = MergeTree ORDER BY tuple()")
+        client.command(f"INSERT INTO {old} SELECT * FROM {table}")
+        client.command(f"DROP TABLE {table}")
+        client.command(f"RENAME TABLE {old} TO {table}")
+
+    restarted = ClickHouseDestination(chdb_dsn, destination.database_prefix)
+    assert kv_state(restarted) == expected
+    view = f"{database}.{quote(KV.name)}"
+    assert restarted.client.query(f"SELECT k, c, a, b FROM {view}").result_rows == expected
+    load(restarted, KV, [row({"k": 1}, {"c": 1}, {"a": cell(5, 30)})], "four")
+    assert kv_state(restarted) == [(1, 1, 5, "x")]
+
+
+def test_a_load_recorded_before_its_state_was_computed_is_caught_up(clickhouse_factory: Factory, chdb_dsn: str) -> None:
+    destination = clickhouse_factory(None)
+    load(destination, KV, [row({"k": 1}, {"c": 1}, {"a": cell(1, 10)}, row_writetime=10)], "one")
+    # Killed between recording the load and computing the state: the state does not know the load.
+    database = quote(destination.database(KV))
+    destination.client.command(f"TRUNCATE TABLE {database}.{quote('_cdc_state_loads')}")
+    destination.client.command(f"TRUNCATE TABLE {database}.{quote('t__cdc_state')}")
+
+    restarted = ClickHouseDestination(chdb_dsn, destination.database_prefix)
+    load(restarted, KV, [row({"k": 2}, {"c": 1}, {"a": cell(2, 10)}, row_writetime=10)], "two")
+    assert kv_state(restarted) == [(1, 1, 1, None), (2, 1, 2, None)]

@@ -4,6 +4,9 @@ Storage, per Cassandra table ``ks.t``, in the ClickHouse database ``<database_pr
 
 ==========================  ====================================================================================
 ``t``                       a view: the table's current state, what ``SELECT * FROM ks.t`` returns in Cassandra
+``t__cdc_state``            ReplacingMergeTree(``_cdc_version``) ordered by (partition key, ``_cdc_static``,
+                            clustering): per row, the merge of its partition's whole loaded history, except what
+                            depends on the time of reading (see below)
 ``t__cdc_rows``             MergeTree, append-only: one row per row or static-row change: its key, clustering,
                             row liveness (write time, expiry), row deletion and, per simple column, the value
                             with ``_cdc_writetime:<c>``, ``_cdc_expires_at:<c>`` and ``_cdc_deleted:<c>``; per
@@ -16,26 +19,50 @@ Storage, per Cassandra table ``ks.t``, in the ClickHouse database ``<database_pr
                             counter's tombstones are ``_cdc_deleted:<c>`` in ``t__cdc_rows``)
 ``t__cdc_deletions``        MergeTree, append-only: partition and range deletions (bounds per clustering column)
 ``_cdc_loads``              one row per committed load: table, load id, rows, first and last source position
+``_cdc_state_loads``        one row per load whose partitions ``t__cdc_state`` has been recomputed for
 ==========================  ====================================================================================
 
-Nothing is updated in place: every cell, tombstone and deletion is kept, so a late, replayed or
-duplicated change can never resurrect deleted data or overwrite newer data. The view reconciles at
-read time with Cassandra's rules: per cell, ``argMax`` over (write time, tombstone > expiring > live,
+Nothing is updated in place in the history tables (``__cdc_rows``, ``__cdc_elements``, ``__cdc_shards``,
+``__cdc_deletions``, ordered by partition key so one partition's history is found by the primary index):
+every cell, tombstone and deletion is kept, so a late, replayed or duplicated change can never resurrect
+deleted data or overwrite newer data. They are the source of truth; the merge of one partition's history
+(``_merged_state``) follows Cassandra's rules: per cell, ``argMax`` over (write time, tombstone > expiring > live,
 expiry, serialized value); deletions keep their maximum; a cell is visible when it is newer than every
 deletion covering it and not expired (``expires_at > now()``); elements merge by path. A counter is the
 sum of its leaders' shards, each the ``argMax`` by (clock, count, write time) per counter id and visible when
 newer than the deletions covering it; a counter tombstone hides it, whatever the write times.
 
-ClickHouse has no multi-statement transactions. Every stored change carries its load's id, and the view
-reads only changes whose load id is recorded in ``_cdc_loads``; a load records itself there last. A
-load killed half-way leaves rows nobody reads; running it again inserts them again (a duplicate cannot
-change a maximum) and then records the load. A load whose id is already recorded is skipped.
+Merge on write, read like a table: after a load is recorded, the merged state of every partition it
+touched is recomputed from that partition's whole loaded history and inserted into ``t__cdc_state`` with
+``_cdc_version = now64(9)``; the newest version of a row replaces the older ones, and each load runs one
+merge step (``OPTIMIZE``, not ``FINAL``: that would rewrite the whole state on every load) so that the
+view's ``FINAL`` has few parts to merge. Because a state is
+a function of the whole recorded history of its partition, arrival order, replays and duplicates cannot
+change it. A row that died is written too (live until the epoch), so it replaces its live version. What
+depends on ``now`` stays in the view: the state keeps each cell's value with its expiry, each complex
+column's surviving elements with their expiries (and the collection as presented, when none expires), each
+row's ``_cdc_live_until`` (when its last live cell or liveness expires) and ``_cdc_first_expiry`` (when its
+first cell does). The view reads the stored values as they are for rows whose first expiry is after
+``now`` and checks each cell's expiry only for the others (``UNION ALL`` of the two). The trade-off: a
+load pays for recomputing its partitions (in proportion to their history, not the table's) and for the
+merge of the state table; reads no longer grow with the history.
+
+ClickHouse has no multi-statement transactions. Every stored change carries its load's id, and the state
+is computed only from changes whose load id is recorded in ``_cdc_loads``; a load records itself there
+after its changes, then recomputes the state and records that in ``_cdc_state_loads``. A load killed
+before it was recorded leaves rows nobody reads; running it again inserts them again (a duplicate cannot
+change a maximum) and then records the load. A load whose id is already recorded is skipped. Loads
+recorded but not yet in ``_cdc_state_loads`` (killed after recording) are caught up by the next load of the
+table or the first use of the table in a process. The state table's comment holds a hash of the query
+that computed it: storage from an earlier version (no state table) or a layout that changed (columns
+added, dropped, re-added) has the state refilled from the whole history on first use. Storage tables
+created unsorted by an earlier version stay unsorted (ClickHouse cannot re-sort a table in place); their
+state is still correct, each load's recomputation scans their whole history. A process with an
+out-of-date schema recomputes partitions without the columns it does not know (they take their defaults
+until a process with the newer schema refills the state).
 
 Loads go through clickhouse-connect's ``insert_arrow``, over HTTP to a server or, with a ``chdb://`` DSN,
-into the in-process engine (which reads the Arrow stream from a temporary file). The storage tables are
-unsorted (``ORDER BY tuple()``): the view aggregates all of a table's changes whatever their order, and
-sorting each insert by key would cost a load about a fifth of its time. The price: reading the view
-scans the table's whole history, so its cost grows with the number of changes kept.
+into the in-process engine (which reads the Arrow stream from a temporary file).
 
 Schema evolution: added columns are added; columns Cassandra lists as dropped lose their storage, and
 cells written at or before the drop stay hidden if the column comes back (with any type). Storage of
@@ -47,6 +74,7 @@ changes carrying a column the schema does not have and dates outside ClickHouse'
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -105,10 +133,19 @@ COUNTER_ID = "_cdc_counter_id"
 CLOCK = "_cdc_clock"
 COUNT = "_cdc_count"
 LOADS_TABLE = "_cdc_loads"
+STATE_LOADS_TABLE = "_cdc_state_loads"
+STATE_VERSION = "_cdc_version"
+MARKER_VISIBLE = "_cdc_marker_visible"
+MARKER_EXPIRES_AT = "_cdc_marker_expires_at"
+LIVE_UNTIL = "_cdc_live_until"
+FIRST_EXPIRY = "_cdc_first_expiry"
 
 _WRITETIME = "Nullable(Int64)"
 _SECONDS = "Nullable(DateTime('UTC'))"
 _NO_DELETION = "toInt64('-9223372036854775808')"
+# A row or cell live until _NEVER is not live; one live until _FOREVER does not expire.
+_NEVER = "toDateTime(0, 'UTC')"
+_FOREVER = "toDateTime(4294967295, 'UTC')"
 _NIL_UUID = "00000000-0000-0000-0000-000000000000"
 # Date32's range; Cassandra's date reaches millions of years either side.
 _DATE32_DAYS = (-719528, 2932896)
@@ -116,6 +153,8 @@ _COLUMNS_QUERY = "SELECT name, comment FROM system.columns WHERE database = {db:
 # ClickHouse error codes worth a retry: timeouts, network, memory, too many parts/queries, aborted.
 _TRANSIENT_CODES = frozenset({159, 160, 164, 202, 203, 209, 210, 236, 241, 242, 252, 319, 394, 425, 439, 473, 999})
 # ClickHouse's Arrow writer cannot put its arrow.uuid extension inside a Variant; 16 plain bytes it can.
+# Past this many loads to catch up with, the state table is recomputed whole rather than by partition.
+_MAX_SCOPED_LOADS = 1000
 _READ_SETTINGS = {"output_format_arrow_uuid_as_fixed_byte_array": 1}
 
 
@@ -150,6 +189,11 @@ _CELL_PREFIXES = (
     "_cdc_deletion:",
     "_cdc_path:",
     "_cdc_element:",
+    "_cdc_value:",
+    "_cdc_visible:",
+    "_cdc_surviving:",
+    "_cdc_presented:",
+    "_cdc_expiring:",
 )
 
 
@@ -159,6 +203,26 @@ def _owner(storage_column: str) -> str:
         if storage_column.startswith(prefix):
             return storage_column[len(prefix) :]
     return storage_column
+
+
+def _value_column(name: str) -> str:
+    return f"_cdc_value:{name}"
+
+
+def _visible_column(name: str) -> str:
+    return f"_cdc_visible:{name}"
+
+
+def _state_elements_column(name: str) -> str:
+    return f"_cdc_surviving:{name}"
+
+
+def _presented_column(name: str) -> str:
+    return f"_cdc_presented:{name}"
+
+
+def _expiring_column(name: str) -> str:
+    return f"_cdc_expiring:{name}"
 
 
 def _start_column(name: str) -> str:
@@ -229,6 +293,14 @@ class _Layout:
     @property
     def shards(self) -> str:
         return self.storage("__cdc_shards")
+
+    @property
+    def state(self) -> str:
+        return self.storage("__cdc_state")
+
+    @property
+    def state_loads(self) -> str:
+        return f"{quote(self.database)}.{quote(STATE_LOADS_TABLE)}"
 
     @property
     def simple(self) -> tuple[Column, ...]:
@@ -463,26 +535,110 @@ class ClickHouseDestination:
         ]
         if layout.counters:
             storage.append(("__cdc_shards", layout.shards_columns()))
+        partition_order = _list(_sort_key(c) for c in layout.table.partition_key)
         for suffix, storage_columns in storage:
-            self._sync(database, table.name + suffix, storage_columns, removed)
+            self._sync(database, table.name + suffix, storage_columns, removed, order=partition_order)
+        self._ensure_state(layout, removed)
         settings = "".join(f" SETTINGS {name} = {value}" for name, value in _view_settings(layout).items())
         self._command(f"CREATE OR REPLACE VIEW {layout.view} AS {current_state_sql(layout, 'now()')}{settings}")
         return _TableState(table, layout, conflicts)
+
+    def _ensure_state(self, layout: _Layout, removed: set[str]) -> None:
+        """Create or evolve the merged state table; refill it from the whole history when what it holds was
+        computed by another query (an earlier layout, new or dropped columns, storage from before it existed),
+        then bring it up to every recorded load."""
+        self._command(
+            f"CREATE TABLE IF NOT EXISTS {layout.state_loads} (`table` String, load_id String) "
+            "ENGINE = MergeTree ORDER BY (`table`, load_id)"
+        )
+        state_sql = _merged_state(layout)
+        columns = [_StorageColumn(STATE_VERSION, "DateTime64(9, 'UTC')")]
+        columns += [_StorageColumn(name, storage_type) for name, storage_type in self._describe(layout)]
+        table = layout.table
+        order = _list([*(_sort_key(c) for c in table.partition_key), STATIC, *(_sort_key(c) for c in table.clustering)])
+        name = table.name + "__cdc_state"
+        self._sync(layout.database, name, columns, removed, engine=f"ReplacingMergeTree({STATE_VERSION})", order=order)
+        signature = hashlib.sha256("\n".join([state_sql, *(c.ddl() for c in columns)]).encode()).hexdigest()
+        stored = self._query(
+            "SELECT comment FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            {"db": layout.database, "t": name},
+        )
+        if stored and stored[0][0] == signature:
+            self._catch_up(layout)
+            return
+        pending = self._pending(layout)
+        self._compute_state(layout, "true")
+        self._mark_computed(layout, pending)
+        self._command(f"ALTER TABLE {layout.state} MODIFY COMMENT {literal(signature)}")
+
+    def _describe(self, layout: _Layout) -> list[tuple[str, str]]:
+        """The merged state's columns and their ClickHouse types."""
+        sql = f"DESCRIBE TABLE ({_merged_state(layout)})"
+        described = self._call(lambda: self.client.query(sql, settings=_view_settings(layout)))
+        return [(row[0], row[1]) for row in described.result_rows]
+
+    def _pending(self, layout: _Layout) -> list[str]:
+        """Recorded loads whose partitions the state table has not been recomputed for yet."""
+        rows = self._query(
+            f"SELECT load_id FROM {layout.loads} WHERE `table` = {{t:String}} AND load_id NOT IN "
+            f"(SELECT load_id FROM {layout.state_loads} WHERE `table` = {{t:String}})",
+            {"t": layout.table.name},
+        )
+        return [row[0] for row in rows]
+
+    def _catch_up(self, layout: _Layout) -> None:
+        """Recompute the state of the partitions every recorded but not yet computed load touched."""
+        pending = self._pending(layout)
+        if not pending:
+            return
+        scope = "true" if len(pending) > _MAX_SCOPED_LOADS else _touched(layout, pending)
+        self._compute_state(layout, scope)
+        self._mark_computed(layout, pending)
+
+    def _compute_state(self, layout: _Layout, scope: str) -> None:
+        """Insert the state of the partitions ``scope`` selects, computed from their whole loaded history, as a
+        new version that replaces every earlier one."""
+        # The columns this layout computes; any others (kept for a newer schema) take their defaults.
+        values = [row[0] for row in self._describe(layout)]
+        columns = _list(quote(n) for n in [STATE_VERSION, *values])
+        sql = (
+            f"INSERT INTO {layout.state} ({columns}) SELECT now64(9, 'UTC'), {_list(quote(n) for n in values)} "
+            f"FROM ({_merged_state(layout, scope)})"
+        )
+        settings = _view_settings(layout)
+        self._call(lambda: self.client.command(sql, settings=settings))
+        # One merge step per load, as the merge selector picks it (not FINAL: that rewrites the whole state,
+        # whatever the load's size): parts stay few, so the view's FINAL has little to merge.
+        self._command(f"OPTIMIZE TABLE {layout.state}")
+
+    def _mark_computed(self, layout: _Layout, load_ids: list[str]) -> None:
+        if load_ids:
+            self._insert(
+                layout.state_loads, pa.table({"table": [layout.table.name] * len(load_ids), "load_id": load_ids})
+            )
 
     def _stored_types(self, database: str, table: str) -> dict[str, CqlType]:
         rows = self._query(_COLUMNS_QUERY, {"db": database, "t": table})
         return {name: type_from_json(comment) for name, comment in rows if comment.startswith("{")}
 
-    def _sync(self, database: str, name: str, columns: list[_StorageColumn], removed: set[str]) -> None:
+    def _sync(
+        self,
+        database: str,
+        name: str,
+        columns: list[_StorageColumn],
+        removed: set[str],
+        *,
+        engine: str = "MergeTree",
+        order: str = "tuple()",
+    ) -> None:
         """Create a storage table, or drop the storage of ``removed`` Cassandra columns and add what it lacks.
 
         Storage of columns the schema does not mention is kept: an older schema is no drop.
         """
         target = f"{quote(database)}.{quote(name)}"
         ddl = ", ".join(c.ddl() for c in columns)
-        # Unsorted: the view aggregates every change of a table anyway, and sorting would cost a load
-        # about a fifth of its time (see the module docstring).
-        self._command(f"CREATE TABLE IF NOT EXISTS {target} ({ddl}) ENGINE = MergeTree ORDER BY tuple()")
+        create = f"CREATE TABLE IF NOT EXISTS {target} ({ddl}) ENGINE = {engine} ORDER BY ({order})"
+        self._call(lambda: self.client.command(create, settings={"allow_suspicious_types_in_order_by": 1}))
         existing = dict(self._query(_COLUMNS_QUERY, {"db": database, "t": name}))
         drops = [column for column in existing if _owner(column) in removed]
         if drops:
@@ -523,6 +679,7 @@ class ClickHouseDestination:
                 for target, data in _storage_tables(layout, accepted, load_id):
                     self._insert(target, data)
                 self._record(layout, load_id, batch.num_rows, first, last)
+            self._catch_up(layout)
         return LoadResult(self.name, table.qualified_name, batch.num_rows, first, last, time.perf_counter() - started)
 
     def _record(
@@ -993,6 +1150,24 @@ def _deletions_table(layout: _Layout, batch: pa.RecordBatch, load_id: str) -> pa
 # -- the current state ------------------------------------------------------------------------------
 
 
+def _sort_key(column: Column) -> str:
+    """A key column as the storage tables sort by it: itself, or its text where ClickHouse cannot sort the type."""
+    name = quote(column.name)
+    if any(kind in clickhouse_type(column.type) for kind in ("Map(", "Variant(", "Nullable(")):
+        return f"toString({name})"
+    return name
+
+
+def _touched(layout: _Layout, load_ids: Sequence[str]) -> str:
+    """A condition selecting the partitions the loads ``load_ids`` wrote changes or deletions for."""
+    keys = _list(_sort_key(c) for c in layout.table.partition_key)
+    ids = _list(literal(i) for i in load_ids)
+    return (
+        f"({keys}) IN (SELECT {keys} FROM {layout.rows} WHERE {LOAD_ID} IN ({ids}) "
+        f"UNION DISTINCT SELECT {keys} FROM {layout.deletions} WHERE {LOAD_ID} IN ({ids}))"
+    )
+
+
 def _loaded(layout: _Layout) -> str:
     return f"{LOAD_ID} IN (SELECT load_id FROM {layout.loads} WHERE `table` = {literal(layout.table.name)})"
 
@@ -1024,7 +1199,7 @@ def _cell_aggregate(column: Column) -> str:
     return f"argMaxIf({cell}, {key}, isNotNull({writetime})) AS {quote('_cdc_cell:' + name)}"
 
 
-def _rows_aggregate(layout: _Layout, group: str) -> str:
+def _rows_aggregate(layout: _Layout, group: str, scope: str) -> str:
     marker_key = (
         f"tuple(assumeNotNull({cb.ROW_WRITETIME}), isNotNull({cb.ROW_EXPIRES_AT}), "
         f"ifNull({cb.ROW_EXPIRES_AT}, toDateTime(0, 'UTC')))"
@@ -1041,7 +1216,7 @@ def _rows_aggregate(layout: _Layout, group: str) -> str:
         ),
         *(f"max({quote(_deleted_column(c.name))}) AS {quote('_cdc_tombstone:' + c.name)}" for c in layout.counters),
     ]
-    return f"SELECT {_list(parts)} FROM {layout.rows} WHERE {_loaded(layout)} GROUP BY {group}"
+    return f"SELECT {_list(parts)} FROM {layout.rows} WHERE {_loaded(layout)} AND {scope} GROUP BY {group}"
 
 
 def _element_value_key(column: Column) -> str:
@@ -1060,7 +1235,7 @@ def _element_value_key(column: Column) -> str:
     return _value_key(cql.args[-1], element, nullable(clickhouse_type(cql.args[-1])))
 
 
-def _elements_aggregate(layout: _Layout, group: str) -> str:
+def _elements_aggregate(layout: _Layout, group: str, scope: str) -> str:
     complex_columns = layout.complex
     paths = [quote(_path_column(c.name)) for c in complex_columns]
     values = [quote(_element_column(c.name)) for c in complex_columns if c.type.kind != "set"]
@@ -1077,7 +1252,7 @@ def _elements_aggregate(layout: _Layout, group: str) -> str:
     winner = f"tuple({_list([*values, ELEMENT_WRITETIME, ELEMENT_DELETED, ELEMENT_EXPIRES_AT])})"
     inner = (
         f"SELECT {group}, {ELEMENT_COLUMN}, {_list(paths)}, argMax({winner}, {winner_key}) AS _cdc_winner "
-        f"FROM {layout.elements} WHERE {_loaded(layout)} GROUP BY {group}, {ELEMENT_COLUMN}, {_list(paths)}"
+        f"FROM {layout.elements} WHERE {_loaded(layout)} AND {scope} GROUP BY {group}, {ELEMENT_COLUMN}, {_list(paths)}"
     )
     arrays = []
     for column in complex_columns:
@@ -1091,12 +1266,12 @@ def _elements_aggregate(layout: _Layout, group: str) -> str:
     return f"SELECT {group}, {_list(arrays)} FROM ({inner}) GROUP BY {group}"
 
 
-def _shards_aggregate(layout: _Layout, group: str) -> str:
+def _shards_aggregate(layout: _Layout, group: str, scope: str) -> str:
     """Per row, each counter's winning shards as (count, write time) tuples: per counter id, the shard with
     the highest clock, then count, then write time (``CounterContext.merge``)."""
     winner = f"argMax(tuple({COUNT}, {ELEMENT_WRITETIME}), tuple({CLOCK}, {COUNT}, {ELEMENT_WRITETIME})) AS _cdc_shard"
     inner = (
-        f"SELECT {group}, {ELEMENT_COLUMN}, {winner} FROM {layout.shards} WHERE {_loaded(layout)} "
+        f"SELECT {group}, {ELEMENT_COLUMN}, {winner} FROM {layout.shards} WHERE {_loaded(layout)} AND {scope} "
         f"GROUP BY {group}, {ELEMENT_COLUMN}, {COUNTER_ID}"
     )
     arrays = [
@@ -1106,11 +1281,11 @@ def _shards_aggregate(layout: _Layout, group: str) -> str:
     return f"SELECT {group}, {_list(arrays)} FROM ({inner}) GROUP BY {group}"
 
 
-def _partition_deletions(layout: _Layout) -> str:
+def _partition_deletions(layout: _Layout, scope: str) -> str:
     keys = _list(quote(c.name) for c in layout.table.partition_key)
     return (
         f"SELECT {keys}, toNullable(max({DELETION_WRITETIME})) AS _cdc_partition_hidden FROM {layout.deletions} "
-        f"WHERE {_loaded(layout)} AND {DELETION_KIND} = 'partition' GROUP BY {keys}"
+        f"WHERE {_loaded(layout)} AND {scope} AND {DELETION_KIND} = 'partition' GROUP BY {keys}"
     )
 
 
@@ -1134,11 +1309,13 @@ def _bound_condition(layout: _Layout, side: str) -> str:
     return f"multiIf({_list(cases)}, false)"
 
 
-def _range_deletions(layout: _Layout) -> str:
+def _range_deletions(layout: _Layout, scope: str) -> str:
     keys = _list(quote(c.name) for c in layout.table.partition_key)
     clustering = _list(quote(c.name) for c in layout.table.clustering)
-    rows = f"SELECT DISTINCT {keys}, {clustering} FROM {layout.rows} WHERE {_loaded(layout)} AND NOT {STATIC}"
-    ranges = f"SELECT * FROM {layout.deletions} WHERE {_loaded(layout)} AND {DELETION_KIND} = 'range'"
+    rows = (
+        f"SELECT DISTINCT {keys}, {clustering} FROM {layout.rows} WHERE {_loaded(layout)} AND {scope} AND NOT {STATIC}"
+    )
+    ranges = f"SELECT * FROM {layout.deletions} WHERE {_loaded(layout)} AND {scope} AND {DELETION_KIND} = 'range'"
     return (
         f"SELECT {keys}, false AS {STATIC}, {clustering}, toNullable(max({DELETION_WRITETIME})) AS _cdc_range_hidden "
         f"FROM ({rows}) AS _cdc_r INNER JOIN ({ranges}) AS _cdc_d USING ({keys}) "
@@ -1175,71 +1352,121 @@ def _complex_value(column: Column, live: str) -> str:
     return f"if(empty({live}), NULL, CAST(tuple({_list(items)}), {literal(clickhouse_type(cql))}))"
 
 
-def _merged(layout: _Layout, now: str) -> str:
-    """Per row (and per partition's static row): visible values, and whether it is live."""
+def _merged_state(layout: _Layout, scope: str = "true") -> str:
+    """Per row (and per partition's static row) of the partitions ``scope`` selects, what does not depend on
+    the time of reading: each cell's value with whether it survives every deletion and its expiry, the row
+    marker's, each complex column's surviving elements (with their expiries), each counter's sum."""
     table = layout.table
     keys = [quote(c.name) for c in table.partition_key]
     clustering = [quote(c.name) for c in table.clustering]
     group = _list([*keys, STATIC, *clustering])
-    source = f"({_rows_aggregate(layout, group)}) AS _cdc_g"
-    source += f" LEFT JOIN ({_partition_deletions(layout)}) AS _cdc_p USING ({_list(keys)})"
+    source = f"({_rows_aggregate(layout, group, scope)}) AS _cdc_g"
+    source += f" LEFT JOIN ({_partition_deletions(layout, scope)}) AS _cdc_p USING ({_list(keys)})"
     hidden = ["ifNull(_cdc_row_hidden, {0})", "ifNull(_cdc_partition_hidden, {0})"]
     if clustering:
-        source += f" LEFT JOIN ({_range_deletions(layout)}) AS _cdc_rd USING ({group})"
+        source += f" LEFT JOIN ({_range_deletions(layout, scope)}) AS _cdc_rd USING ({group})"
         hidden.append("ifNull(_cdc_range_hidden, {0})")
     if layout.complex:
-        source += f" LEFT JOIN ({_elements_aggregate(layout, group)}) AS _cdc_e USING ({group})"
+        source += f" LEFT JOIN ({_elements_aggregate(layout, group, scope)}) AS _cdc_e USING ({group})"
     if layout.counters:
-        source += f" LEFT JOIN ({_shards_aggregate(layout, group)}) AS _cdc_s USING ({group})"
+        source += f" LEFT JOIN ({_shards_aggregate(layout, group, scope)}) AS _cdc_s USING ({group})"
+    hidden_sql = f"greatest({_list(h.format(_NO_DELETION) for h in hidden)})"
     parts = [
         group,
-        f"greatest({_list(h.format(_NO_DELETION) for h in hidden)}) AS _cdc_hidden",
-        "ifNull(tupleElement(_cdc_marker, 1) > _cdc_hidden AND "
-        f"{_live('tupleElement(_cdc_marker, 2)', now)}, false) AS _cdc_marker_live",
+        f"ifNull(tupleElement(_cdc_marker, 1) > {hidden_sql}, false) AS {MARKER_VISIBLE}",
+        f"tupleElement(_cdc_marker, 2) AS {MARKER_EXPIRES_AT}",
     ]
-    live: dict[str, str] = {}
+    until: dict[str, str] = {}
+    # When the row's first visible cell expires (the row's own liveness is ``until``).
+    first: dict[str, str] = {}
     for column in table.value_columns:
         dropped = table.dropped_column(column.name)
-        floor = "_cdc_hidden" if dropped is None else f"greatest(_cdc_hidden, toInt64({dropped.dropped_at}))"
-        live_alias = quote("_cdc_live:" + column.name)
+        floor = hidden_sql if dropped is None else f"greatest({hidden_sql}, toInt64({dropped.dropped_at}))"
+        visible = quote(_visible_column(column.name))
         if column.type.is_complex:
             collection = f"ifNull({quote('_cdc_collection_hidden:' + column.name)}, {_NO_DELETION})"
-            condition = (
-                f"tupleElement(_e, 3) > greatest({floor}, {collection}) AND NOT tupleElement(_e, 4) "
-                f"AND {_live('tupleElement(_e, 5)', now)}"
-            )
+            condition = f"tupleElement(_e, 3) > greatest({floor}, {collection}) AND NOT tupleElement(_e, 4)"
             elements = quote("_cdc_elements:" + column.name)
-            parts.append(f"arrayFilter(_e -> {condition}, {elements}) AS {live_alias}")
-            parts.append(f"{_complex_value(column, live_alias)} AS {quote(column.name)}")
-            live[column.name] = f"notEmpty({live_alias})"
+            surviving = quote(_state_elements_column(column.name))
+            parts.append(f"arrayFilter(_e -> {condition}, {elements}) AS {surviving}")
+            # Presented once here; the view recomputes it only for a collection with expiring elements.
+            parts.append(f"{_complex_value(column, surviving)} AS {quote(_presented_column(column.name))}")
+            expiring = quote(_expiring_column(column.name))
+            parts.append(f"arrayExists(_e -> isNotNull(tupleElement(_e, 5)), {surviving}) AS {expiring}")
+            ends = f"arrayMap(_e -> ifNull(tupleElement(_e, 5), {_FOREVER}), {surviving})"
+            until[column.name] = f"if(empty({surviving}), {_NEVER}, arrayMax({ends}))"
+            first[column.name] = f"if(empty({surviving}), {_FOREVER}, arrayMin({ends}))"
         elif column.type.kind == "counter":
             # Shards newer than every deletion covering them count, unless a counter tombstone came.
             shards = quote("_cdc_shards:" + column.name)
-            visible = f"arrayFilter(_s -> tupleElement(_s, 2) > {floor}, {shards})"
+            surviving = f"arrayFilter(_s -> tupleElement(_s, 2) > {floor}, {shards})"
             tombstone = quote("_cdc_tombstone:" + column.name)
-            parts.append(f"(NOT {tombstone} AND notEmpty({visible})) AS {live_alias}")
-            total = f"arraySum(arrayMap(_s -> tupleElement(_s, 1), {visible}))"
-            parts.append(f"if({live_alias}, {total}, NULL) AS {quote(column.name)}")
-            live[column.name] = live_alias
+            total = f"arraySum(arrayMap(_s -> tupleElement(_s, 1), {surviving}))"
+            parts.append(f"ifNull(NOT {tombstone} AND notEmpty({surviving}), false) AS {visible}")
+            parts.append(f"if({visible}, {total}, NULL) AS {quote(_value_column(column.name))}")
+            until[column.name] = f"if({visible}, {_FOREVER}, {_NEVER})"
         else:
             cell = quote("_cdc_cell:" + column.name)
-            condition = (
-                f"tupleElement({cell}, 2) > {floor} AND NOT tupleElement({cell}, 3) "
-                f"AND {_live(f'tupleElement({cell}, 4)', now)}"
-            )
-            parts.append(f"ifNull({condition}, false) AS {live_alias}")
+            condition = f"tupleElement({cell}, 2) > {floor} AND NOT tupleElement({cell}, 3)"
+            parts.append(f"ifNull({condition}, false) AS {visible}")
             value = f"tupleElement({cell}, 1)"
             empty = (
                 "NULL"
                 if can_be_null(nullable(clickhouse_type(column.type)))
                 else f"defaultValueOfArgumentType({value})"
             )
-            parts.append(f"if({live_alias}, {value}, {empty}) AS {quote(column.name)}")
-            live[column.name] = live_alias
-    static_live = " OR ".join(["_cdc_marker_live", *(live[c.name] for c in table.statics)])
-    row_live = " OR ".join(["_cdc_marker_live", *(live[c.name] for c in table.regulars)])
-    parts.append(f"if({STATIC}, {static_live}, {row_live}) AS _cdc_live")
+            parts.append(f"if({visible}, {value}, {empty}) AS {quote(_value_column(column.name))}")
+            expires = quote(_expires_column(column.name))
+            parts.append(f"if({visible}, tupleElement({cell}, 4), NULL) AS {expires}")
+            until[column.name] = f"if({visible}, ifNull({expires}, {_FOREVER}), {_NEVER})"
+            first[column.name] = f"ifNull({expires}, {_FOREVER})"
+    # Until when the row is live: its marker or a cell of its kind (static or regular) outlives ``now``.
+    marker = f"if({MARKER_VISIBLE}, ifNull({MARKER_EXPIRES_AT}, {_FOREVER}), {_NEVER})"
+    static_until = _list([marker, *(until[c.name] for c in table.statics)])
+    row_until = _list([marker, *(until[c.name] for c in table.regulars)])
+    parts.append(f"if({STATIC}, greatest({static_until}), greatest({row_until})) AS {LIVE_UNTIL}")
+    parts.append(f"least({_list([_FOREVER, *first.values()])}) AS {FIRST_EXPIRY}")
     return f"SELECT {_list(parts)} FROM {source}"
+
+
+def _merged(layout: _Layout, now: str) -> str:
+    """Per row (and per partition's static row) in the merged state table: visible values at ``now``, and
+    whether the row is live.
+
+    Rows none of whose cells expires by ``now`` (nearly all, usually) read their stored values as they are;
+    only the others check each cell's expiry.
+    """
+    table = layout.table
+    group = _list(quote(c.name) for c in [*table.partition_key, *table.clustering])
+    stored = [group, STATIC]
+    checked = [group, STATIC]
+    for column in table.value_columns:
+        name = quote(column.name)
+        if column.type.is_complex:
+            elements = quote(_state_elements_column(column.name))
+            live = f"arrayFilter(_e -> {_live('tupleElement(_e, 5)', now)}, {elements})"
+            expiring = quote(_expiring_column(column.name))
+            presented = quote(_presented_column(column.name))
+            stored.append(f"{presented} AS {name}")
+            checked.append(f"if({expiring}, {_complex_value(column, live)}, {presented}) AS {name}")
+        elif column.type.kind == "counter":
+            stored.append(f"{quote(_value_column(column.name))} AS {name}")
+            checked.append(f"{quote(_value_column(column.name))} AS {name}")
+        else:
+            expires = quote(_expires_column(column.name))
+            value = quote(_value_column(column.name))
+            empty = (
+                "NULL"
+                if can_be_null(nullable(clickhouse_type(column.type)))
+                else f"defaultValueOfArgumentType({value})"
+            )
+            stored.append(f"{value} AS {name}")
+            checked.append(f"if({_live(expires, now)}, {value}, {empty}) AS {name}")
+    live = f"{LIVE_UNTIL} > {now} AS _cdc_live"
+    return (
+        f"SELECT {_list([*stored, live])} FROM {layout.state} FINAL WHERE {FIRST_EXPIRY} > {now} "
+        f"UNION ALL SELECT {_list([*checked, live])} FROM {layout.state} FINAL WHERE {FIRST_EXPIRY} <= {now}"
+    )
 
 
 def _view_settings(layout: _Layout) -> dict[str, int]:
