@@ -27,10 +27,18 @@ never resurrects anything; a row nothing keeps alive stays (its deletion must ou
 past): the view keeps one predicate per cell and one per row. The price is paid by loads carrying
 deletions (one more statement per piece, an update of the rows they cover) and by every merged row (the
 generated columns, a look-up of the deletions covering it); what a read costs no longer depends on the
-history. A complex column keeps its element map (merges need each element's write time and expiry) and a
-generated presented value with every element it holds, good until its first element expires
-(``<c>__shown_until``): only past that moment does the view present it from the map, element by element. A
-wider stored row is the other price: ``count(*)`` reads more pages than a plain table of the same rows.
+history. A complex column keeps its element map (merges need each element's write time and expiry) and
+its presented value with every element it holds (``<c>__shown``), good until its first element expires
+(``<c>__shown_until``); the load spells both in Arrow (``pg_elements.present``) when the merged map is the
+staged one, and PostgreSQL computes them otherwise. Only past ``<c>__shown_until`` does the view present the
+column from the map, element by element. The view evaluates ``now`` once per query (a sub-select), calls
+only ``PARALLEL SAFE`` helper functions, and costs them low so that PostgreSQL neither JIT-compiles it nor
+gives up parallel scans. A wider stored row is the other price: ``count(*)`` reads more pages than a plain
+table of the same rows (about twice the bytes per row for ``shop.orders``).
+
+Storage written by an earlier version (which merged at read time) carries no layout marker (the comment on
+``t__rows``, :data:`LAYOUT_MARKER`): the first ``ensure_table`` migrates it once, in one transaction,
+applying the stored deletions to the stored rows and adding the presented columns.
 
 Shared bookkeeping lives in ``<prefix>_cdc``: ``loads`` (one row per committed load: its id, table,
 first and last source position and change count) and ``columns`` (each column's CQL type, to detect a
