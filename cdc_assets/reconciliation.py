@@ -8,7 +8,7 @@ Two questions per touched key, every side read at one fixed ``now`` (TTLs expire
   form counts as equal digest alike). A destination whose digest differs from the one most destinations share
   is named.
 - **Does each agree with the replay?** The staged change batches of the table, merged by the reference
-  semantics (:class:`~cdc_assets.destinations.model.CassandraModel`: every staged range, in any order, since
+  semantics (:class:`~cdc_assets.cassandra_model.CassandraModel`: every staged range, in any order, since
   merges commute), restricted to the touched keys (:class:`Replay`).
 
 The replay is exact while the staged history is whole: every node's ranges run from the start of its stream
@@ -38,10 +38,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
-from cdc_assets.destinations.model import (
-    CassandraModel,
+from cdc_assets.destinations.cassandra_values import (
     canonical_value,
     field_names,
     key_component,

@@ -2,7 +2,7 @@
 
 cassandra-driver hands back its own types for some CQL values (``cassandra.util.Date``, ``Time``,
 ``Duration``, sorted sets, ordered maps, UDT named tuples); :func:`select_all` turns them into the forms
-:func:`cdc_assets.destinations.model.canonical_rows` accepts, then into the canonical form.
+:func:`cdc_assets.destinations.cassandra_values.canonical_rows` accepts, then into the canonical form.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from cassandra.util import Date, Duration, Time
 
 from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
-from cdc_assets.destinations.model import canonical_rows
+from cdc_assets.destinations.cassandra_values import canonical_rows
 from cdc_assets.snapshot import quote, timestamp_ms
 
 
 def select_all(session: Any, table: TableSchema) -> list[dict[str, Any]]:
-    """Every row ``SELECT * FROM ks.t`` returns now, canonical (``cdc_assets.destinations.model``'s docstring)."""
+    """Every row ``SELECT * FROM ks.t`` returns now, canonical (``cassandra_values``' docstring)."""
     query = f"SELECT * FROM {quote(table.keyspace)}.{quote(table.name)}"
     result = session.execute(query)
     # Rows are tuples whatever the session's row factory; the driver's named tuples mangle quoted names.

@@ -21,12 +21,13 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, native, parse_type
 from cdc_assets.change_batch import build_change_batch
 from cdc_assets.commitlog.generator.ordering import UNORDERED_KINDS, sort_unique, struct_field_names
 from cdc_assets.destinations.base import Destination
-from cdc_assets.destinations.model import CassandraModel, range_bounds
+from cdc_assets.destinations.cassandra_values import range_bounds
 from cdc_assets_tests.strategies import SCALAR_KINDS, cql_types
 
 Delivery = list[tuple[str, list[dict[str, Any]]]]

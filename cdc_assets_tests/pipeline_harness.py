@@ -18,6 +18,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.change_batch import build_change_batch
 from cdc_assets.commitlog.generator import Workload, generate
@@ -25,7 +26,6 @@ from cdc_assets.config import PipelineConfig, load_config
 from cdc_assets.definitions import build_definitions
 from cdc_assets.defs.cassandra.schema import load_registry
 from cdc_assets.defs.keys import destination_key
-from cdc_assets.destinations.model import CassandraModel
 from cdc_assets_tests.chdb_fixture import fresh_prefix
 
 SHOP_CQL = Path(__file__).resolve().parents[1] / "cdc_assets" / "demo" / "shop.cql"

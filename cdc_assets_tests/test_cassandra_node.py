@@ -16,12 +16,12 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_node import CassandraNode, NodeSettings, keystore_password
 from cdc_assets.cassandra_schema.driver import load_from_cluster
 from cdc_assets.commitlog.cdc_dir import list_cdc_segments, read_new_changes
 from cdc_assets.commitlog.encryption import EncryptionKeys
 from cdc_assets.commitlog.reader import CommitLogReader, scan_segment
-from cdc_assets.destinations.model import CassandraModel
 from cdc_assets_tests.cassandra_fixture import NodeFactory
 from cdc_assets_tests.cassandra_oracle import select_all
 from cdc_assets_tests.pipeline_harness import open_pipeline, write_config

@@ -28,6 +28,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_node import CassandraNode, NodeSettings
 from cdc_assets.cassandra_schema.driver import load_from_cluster
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
@@ -37,7 +38,6 @@ from cdc_assets.config import load_config
 from cdc_assets.definitions import build_definitions
 from cdc_assets.defs.cassandra.schema import captured_tables, load_registry
 from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.model import CassandraModel
 from cdc_assets.destinations.postgres import PostgresDestination
 from cdc_assets.destinations.timescale import TimescaleDestination
 from cdc_assets_tests.cassandra_fixture import NodeFactory

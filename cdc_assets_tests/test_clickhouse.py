@@ -12,11 +12,13 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, DroppedColumn, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, parse_type
 from cdc_assets.change_batch import arrow_type, build_change_batch
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations.base import PermanentDestinationError, TransientDestinationError
+from cdc_assets.destinations.cassandra_values import canonical_value, order_bytes, value_bytes
 from cdc_assets.destinations.ch_types import (
     clickhouse_type,
     nullable,
@@ -26,7 +28,6 @@ from cdc_assets.destinations.ch_types import (
     to_clickhouse_arrow,
 )
 from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.model import CassandraModel, canonical_value, order_bytes, value_bytes
 
 Factory = Callable[[Path | None], ClickHouseDestination]
 

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, SchemaRegistry, TableSchema
 from cdc_assets.cassandra_schema.types import parse_type
 from cdc_assets.commitlog.dump import json_converter
@@ -27,7 +28,6 @@ from cdc_assets.commitlog.generator.segment_writer import SegmentWriter
 from cdc_assets.commitlog.reader import CommitLogReader
 from cdc_assets.destinations.base import Destination
 from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.model import CassandraModel
 from cdc_assets.destinations.postgres import PostgresDestination
 from cdc_assets.destinations.timescale import TimescaleDestination
 

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.cql_file import load_cql_file
 from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.change_batch import build_change_batch
@@ -43,7 +44,6 @@ from cdc_assets.defs.dead_letters import (
     replay_dead_letters,
 )
 from cdc_assets.defs.keys import stream_key
-from cdc_assets.destinations.model import CassandraModel
 from cdc_assets_tests.chdb_fixture import fresh_prefix
 from cdc_assets_tests.daemon_process import start_daemon, stop_daemon
 from cdc_assets_tests.pipeline_harness import NOW, SHOP_CQL, Pipeline, open_pipeline, write_config

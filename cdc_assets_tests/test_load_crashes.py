@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 from cdc_assets import change_batch as cb
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, parse_type
 from cdc_assets.change_batch import build_change_batch
@@ -30,7 +31,6 @@ from cdc_assets.destinations.base import (
     load_boundary,
 )
 from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.model import CassandraModel
 from cdc_assets.destinations.postgres import PostgresDestination
 from cdc_assets.destinations.timescale import TimescaleDestination
 

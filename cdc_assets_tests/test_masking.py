@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, DroppedColumn, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, parse_type
 from cdc_assets.change_batch import build_change_batch, change_batch_schema
-from cdc_assets.destinations.model import CassandraModel
 from cdc_assets.masking import ColumnMask, MaskingError, MaskingPolicy, mask_batch
 from cdc_assets_tests.chdb_fixture import new_destination
 

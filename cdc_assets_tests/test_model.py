@@ -11,16 +11,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, DroppedColumn, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, parse_type
 from cdc_assets.change_batch import build_change_batch
-from cdc_assets.destinations.model import (
-    CassandraModel,
-    canonical_rows,
-    canonical_value,
-    clustering_key,
-    range_bounds,
-)
+from cdc_assets.destinations.cassandra_values import canonical_rows, canonical_value, clustering_key, range_bounds
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 NOW_S = int(NOW.timestamp())

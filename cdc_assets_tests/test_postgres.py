@@ -17,12 +17,12 @@ import pyarrow as pa
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, DroppedColumn, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, parse_type
 from cdc_assets.change_batch import build_change_batch
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations.base import PermanentDestinationError, TransientDestinationError
-from cdc_assets.destinations.model import CassandraModel
 from cdc_assets.destinations.postgres import PostgresDestination
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_node import NodeSettings
 from cdc_assets.cassandra_schema.tables import SchemaRegistry
 from cdc_assets.commitlog.cdc_dir import list_cdc_segments, read_new_changes
 from cdc_assets.commitlog.reader import CommitLogReader, scan_segment
-from cdc_assets.destinations.model import CassandraModel
 from cdc_assets_tests.test_cassandra_node import SCHEMA, WRITES
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real_node"

@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_node import NodeSettings
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.commitlog.cdc_dir import read_new_changes
 from cdc_assets.commitlog.reader import CommitLogReader
-from cdc_assets.destinations.model import CassandraModel, canonical_rows
+from cdc_assets.destinations.cassandra_values import canonical_rows
 from cdc_assets_tests.test_real_node_fixtures import FIXTURES
 
 KEYSPACE = "workload"

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 
 from cdc_assets import change_batch as cb
+from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_node import CassandraNode
 from cdc_assets.cassandra_schema.driver import load_from_cluster
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
@@ -32,8 +33,8 @@ from cdc_assets.config import ConfigError, parse_config
 from cdc_assets.defs.cassandra.snapshot import JOB
 from cdc_assets.defs.checks.window import RECONCILIATION
 from cdc_assets.defs.keys import CONSUMED, NODE_TAG, destination_key, snapshot_key
+from cdc_assets.destinations.cassandra_values import batch_rows, timeuuid_order
 from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.model import CassandraModel, batch_rows, timeuuid_order
 from cdc_assets.destinations.postgres import PostgresDestination
 from cdc_assets.destinations.timescale import TimescaleDestination
 from cdc_assets.snapshot import (

@@ -115,4 +115,4 @@ class Destination(Protocol):
         """Release connections; the destination reconnects on next use."""
 
     def current_state(self, table: TableSchema, *, now: Any = None) -> list[dict[str, Any]]:
-        """The rows ``SELECT * FROM ks.table`` would return, in the canonical form of ``model.py``."""
+        """The rows ``SELECT * FROM ks.table`` would return, in the canonical form of ``cassandra_values.py``."""

@@ -237,7 +237,7 @@ def _duration_struct(array: pa.Array, struct_type: pa.StructType = DURATION_TYPE
     )
 
 
-# Reading: ClickHouse's Arrow output → the Python values the canonical form (model.py) accepts.
+# Reading: ClickHouse's Arrow output → the Python values the canonical form (cassandra_values.py) accepts.
 
 
 def without_variants(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -288,7 +288,7 @@ def _has_union(arrow: pa.DataType) -> bool:
 
 
 def from_clickhouse(cql: CqlType, value: Any) -> Any:
-    """A value of ``cql`` read from ClickHouse (raw Arrow types, strings as bytes) as model.py accepts it."""
+    """A value of ``cql`` read from ClickHouse (raw Arrow types, strings as bytes) as cassandra_values.py accepts it."""
     if value is None:
         return None
     kind = cql.kind

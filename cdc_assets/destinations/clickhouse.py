@@ -101,6 +101,7 @@ from cdc_assets.destinations.base import (
     TransientDestinationError,
     load_boundary,
 )
+from cdc_assets.destinations.cassandra_values import canonical_rows, key_component, raw_type, row_sort_key
 from cdc_assets.destinations.ch_types import (
     can_be_null,
     clickhouse_type,
@@ -116,7 +117,6 @@ from cdc_assets.destinations.ch_types import (
     to_clickhouse_arrow,
     without_variants,
 )
-from cdc_assets.destinations.model import canonical_rows, key_component, raw_type, row_sort_key
 
 DEFAULT_DSN = "chdb://memory"
 

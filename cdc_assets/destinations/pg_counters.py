@@ -1,7 +1,7 @@
 """Counter shards on their way to PostgreSQL: one Arrow row per shard, reduced, then jsonb.
 
 A counter column is stored as one jsonb object per row: counter id (hex) → ``[clock, count, ts]``, the
-winning shard of each leader (``model.py`` states the rules: the highest clock, then the greater count, then
+winning shard of each leader (``cassandra_model.py`` states the rules: the highest clock, then the greater count, then
 the later write time ``ts``, by which deletions hide the shard). Beside it, ``<c>__deleted_at`` holds the
 latest counter tombstone's write time: once there is one, the counter has no value, whatever the shards.
 The presented value is the sum of the counts of the shards no deletion hides, wrapped to 64 bits.

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from cdc_assets.cassandra_schema.tables import Column
 from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.destinations import pg_types
-from cdc_assets.destinations.model import (
+from cdc_assets.destinations.cassandra_values import (
     canonical_element,
     canonical_value,
     order_bytes,

@@ -39,7 +39,7 @@ from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.destinations import pg_counters as ct
 from cdc_assets.destinations import pg_elements as el
 from cdc_assets.destinations import pg_types
-from cdc_assets.destinations.model import (
+from cdc_assets.destinations.cassandra_values import (
     canonical_value,
     key_component,
     python_values,

@@ -50,7 +50,7 @@ from decimal import Decimal
 from typing import Any
 
 from cdc_assets.cassandra_schema.types import CqlType
-from cdc_assets.destinations.model import NAN, canonical_value, field_names
+from cdc_assets.destinations.cassandra_values import NAN, canonical_value, field_names
 
 _SCALAR_TYPES = {
     "ascii": "text",
@@ -252,7 +252,7 @@ def _array_element(text: str | None) -> str:
 
 
 def from_pg(cql: CqlType, value: Any) -> Any:
-    """A value read from the current-state view (as psycopg loads it) in the canonical form of ``model.py``.
+    """A value read from the current-state view (as psycopg loads it) in the canonical form of ``cassandra_values.py``.
 
     jsonb must be loaded with Decimals for numbers (``json.loads(parse_float=Decimal)``); intervals
     with :func:`parse_interval`.

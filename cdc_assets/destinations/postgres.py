@@ -48,7 +48,7 @@ A load is one transaction, sent in pieces of whole partitions (while PostgreSQL 
 the next): per piece, a binary COPY (``pg_binary``) into a temporary staging table, then (when the piece
 holds deletions) one statement recording them and applying them to the rows they cover, then one statement
 of two ``INSERT … ON CONFLICT DO UPDATE`` (rows, static rows) that keeps, cell by cell, whichever of the
-stored and the staged cell Cassandra would keep (``model.py`` states the rules); then the ``loads`` row. A
+stored and the staged cell Cassandra would keep (``cassandra_model.py`` states the rules); then the ``loads`` row. A
 :class:`LoadHook` may add work to each load's transaction (TimescaleDB's history). Replays, reorderings
 and replica duplicates therefore converge; a replay of a recorded load id is skipped outright.
 
@@ -94,7 +94,7 @@ from cdc_assets.destinations.base import (
     TransientDestinationError,
     load_boundary,
 )
-from cdc_assets.destinations.model import canonical_rows, key_component, row_sort_key
+from cdc_assets.destinations.cassandra_values import canonical_rows, key_component, row_sort_key
 
 log = logging.getLogger(__name__)
 
@@ -1032,7 +1032,7 @@ class PostgresDestination:
     def current_state(
         self, table: TableSchema, *, now: datetime | None = None, keys: Collection[Sequence[Any]] | None = None
     ) -> list[dict[str, Any]]:
-        """The rows of the table's current-state view (at ``now``), in the canonical form of ``model.py``.
+        """The rows of the table's current-state view (at ``now``), in the canonical form of ``cassandra_values.py``.
 
         ``keys`` (partition key values in canonical form, in partition key order) keeps only those partitions,
         narrowed in the query itself (an index lookup through the view rather than a scan of the table), for
