@@ -77,9 +77,12 @@ for duration; lists of ``(key, value)`` pairs for maps; dicts for structs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import total_ordering
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
@@ -326,3 +329,42 @@ def build_change_batch(table: TableSchema, changes: Iterable[Mapping[str, Any]])
 def counter_total(counts: Iterable[int]) -> int:
     """The sum of shards' counts, wrapping at 64 bits as Cassandra's ``CounterContext.total`` does."""
     return (sum(counts) + (1 << 63)) % _INT64_SPAN - (1 << 63)
+
+
+@total_ordering
+@dataclass(frozen=True)
+class Position:
+    """A place in the commit log: a segment id and a logical offset in it (an entry's end). The one position
+    type: the reader resumes from it, staging names ranges by it, destinations record it in their ledgers."""
+
+    segment_id: int
+    offset: int
+
+    def __lt__(self, other: Position) -> bool:
+        return (self.segment_id, self.offset) < (other.segment_id, other.offset)
+
+    def __str__(self) -> str:
+        return f"{self.segment_id}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """Parse ``SEGMENT_ID:OFFSET``."""
+        segment, sep, offset = text.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            return cls(int(segment), int(offset))
+        except ValueError:
+            raise ValueError(f"position {text!r} is not SEGMENT_ID:OFFSET (two integers)") from None
+
+
+def position_range(batch: pa.RecordBatch) -> tuple[Position | None, Position | None]:
+    """The first and last source position of a batch's changes (None, None for an empty batch)."""
+    if batch.num_rows == 0:
+        return None, None
+    segments = batch.column(SEGMENT_ID)
+    positions = batch.column(POSITION)
+    low, high = pc.min_max(segments).values()
+    first = pc.min(pc.filter(positions, pc.equal(segments, low))).as_py()
+    last = pc.max(pc.filter(positions, pc.equal(segments, high))).as_py()
+    return Position(low.as_py(), first), Position(high.as_py(), last)

@@ -15,7 +15,7 @@ import pytest
 from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, DroppedColumn, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, parse_type
-from cdc_assets.change_batch import arrow_type, build_change_batch
+from cdc_assets.change_batch import Position, arrow_type, build_change_batch
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations.base import PermanentDestinationError, TransientDestinationError
 from cdc_assets.destinations.cassandra_values import canonical_value, order_bytes, value_bytes
@@ -586,7 +586,7 @@ def test_a_load_records_the_positions_it_covered(clickhouse: ClickHouseDestinati
     ]
     result = clickhouse.load(KV, build_change_batch(KV, changes), load_id="positions")
 
-    assert (result.rows, result.first_position, result.last_position) == (4, (40, 200), (41, 900))
+    assert (result.rows, result.first_position, result.last_position) == (4, Position(40, 200), Position(41, 900))
     loads = f"{quote(clickhouse.database(KV))}.`_cdc_loads`"
     recorded = clickhouse.client.query(
         f"SELECT first_segment_id, first_position, last_segment_id, last_position FROM {loads}"

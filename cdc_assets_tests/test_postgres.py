@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from cdc_assets.cassandra_model import CassandraModel
 from cdc_assets.cassandra_schema.tables import Column, DroppedColumn, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, parse_type
-from cdc_assets.change_batch import build_change_batch
+from cdc_assets.change_batch import Position, build_change_batch
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations.base import PermanentDestinationError, TransientDestinationError
 from cdc_assets.destinations.postgres import PostgresDestination
@@ -419,7 +419,7 @@ def test_a_load_records_its_positions_and_a_replay_of_its_id_is_skipped(postgres
     batch = build_change_batch(SIMPLE, changes)
     first = postgres.load(SIMPLE, batch, load_id="load-1")
     again = postgres.load(SIMPLE, batch, load_id="load-1")
-    assert (first.rows, first.first_position, first.last_position) == (3, (1, 10), (1, 40))
+    assert (first.rows, first.first_position, first.last_position) == (3, Position(1, 10), Position(1, 40))
     assert again.rows == 0
     ledger = postgres.loads(SIMPLE)
     assert [(r["load_id"], r["first_position"], r["last_position"], r["changes"]) for r in ledger] == [

@@ -11,7 +11,6 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import total_ordering
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +19,7 @@ import pyarrow as pa
 from cdc_assets.cassandra_schema.log_changes import SchemaTracker
 from cdc_assets.cassandra_schema.system_tables import SCHEMA_KEYSPACE, SYSTEM_SCHEMA_TABLES, SYSTEM_TABLE_NAMES
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
-from cdc_assets.change_batch import META_COLUMN_KIND, ChangeBatchBuilder
+from cdc_assets.change_batch import META_COLUMN_KIND, ChangeBatchBuilder, Position
 from cdc_assets.commitlog.descriptor import DECODABLE_VERSIONS, SegmentDescriptor, read_descriptor
 from cdc_assets.commitlog.encryption import EncryptionKeys
 from cdc_assets.commitlog.entries import section_entries
@@ -29,32 +28,6 @@ from cdc_assets.commitlog.mutation import MutationDecoder
 from cdc_assets.dead_letters import DeadLetter
 
 log = logging.getLogger(__name__)
-
-
-@total_ordering
-@dataclass(frozen=True)
-class Position:
-    """A place in the commit log: a segment id and a logical offset in it (an entry's end)."""
-
-    segment_id: int
-    offset: int
-
-    def __lt__(self, other: Position) -> bool:
-        return (self.segment_id, self.offset) < (other.segment_id, other.offset)
-
-    def __str__(self) -> str:
-        return f"{self.segment_id}:{self.offset}"
-
-    @classmethod
-    def parse(cls, text: str) -> Position:
-        """Parse ``SEGMENT_ID:OFFSET``."""
-        segment, sep, offset = text.partition(":")
-        try:
-            if not sep:
-                raise ValueError
-            return cls(int(segment), int(offset))
-        except ValueError:
-            raise ValueError(f"position {text!r} is not SEGMENT_ID:OFFSET (two integers)") from None
 
 
 @dataclass

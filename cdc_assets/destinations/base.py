@@ -89,8 +89,8 @@ class LoadResult:
     destination: str
     table: str
     rows: int
-    first_position: tuple[int, int] | None
-    last_position: tuple[int, int] | None
+    first_position: cb.Position | None
+    last_position: cb.Position | None
     seconds: float
 
 
@@ -108,7 +108,7 @@ class Destination(Protocol):
         Loading the same batch again, or batches in any order, leaves the same current state.
         """
 
-    def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> tuple[int, int] | None:
+    def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> cb.Position | None:
         """The furthest source position among committed loads whose id starts with ``load_id_prefix``."""
 
     def close(self) -> None:

@@ -666,7 +666,7 @@ class ClickHouseDestination:
 
     def _load(self, table: TableSchema, batch: pa.RecordBatch, load_id: str) -> LoadResult:
         started = time.perf_counter()
-        first, last = _position_range(batch)
+        first, last = cb.position_range(batch)
         with self._lock:
             state = self._state(table)
             layout = state.layout
@@ -683,17 +683,17 @@ class ClickHouseDestination:
         return LoadResult(self.name, table.qualified_name, batch.num_rows, first, last, time.perf_counter() - started)
 
     def _record(
-        self, layout: _Layout, load_id: str, rows: int, first: tuple[int, int] | None, last: tuple[int, int] | None
+        self, layout: _Layout, load_id: str, rows: int, first: cb.Position | None, last: cb.Position | None
     ) -> None:
         record = pa.table(
             {
                 "table": [layout.table.name],
                 "load_id": [load_id],
                 "rows": pa.array([rows], pa.uint64()),
-                "first_segment_id": pa.array([first and first[0]], pa.int64()),
-                "first_position": pa.array([first and first[1]], pa.int32()),
-                "last_segment_id": pa.array([last and last[0]], pa.int64()),
-                "last_position": pa.array([last and last[1]], pa.int32()),
+                "first_segment_id": pa.array([first and first.segment_id], pa.int64()),
+                "first_position": pa.array([first and first.offset], pa.int32()),
+                "last_segment_id": pa.array([last and last.segment_id], pa.int64()),
+                "last_position": pa.array([last and last.offset], pa.int32()),
                 "loaded_at": pa.array([datetime.now(UTC)], pa.timestamp("us", tz="UTC")),
             }
         )
@@ -730,7 +730,7 @@ class ClickHouseDestination:
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> tuple[int, int] | None:
+    def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> cb.Position | None:
         """The furthest source position among committed loads of ``tables`` whose id starts with the prefix."""
         found: list[tuple[int, int]] = []
         with self._lock:
@@ -747,7 +747,7 @@ class ClickHouseDestination:
                     "ORDER BY last_segment_id DESC, last_position DESC LIMIT 1",
                     {"p": load_id_prefix},
                 )
-        return max((int(segment), int(position)) for segment, position in found) if found else None
+        return max(cb.Position(int(segment), int(position)) for segment, position in found) if found else None
 
     def current_state(
         self, table: TableSchema, *, now: Any = None, keys: Collection[Sequence[Any]] | None = None
@@ -834,18 +834,6 @@ def _ipc_bytes(batch: pa.RecordBatch) -> bytes:
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
     return sink.getvalue()
-
-
-def _position_range(batch: pa.RecordBatch) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """The batch's first and last (segment id, position)."""
-    if batch.num_rows == 0:
-        return None, None
-    segments = batch.column(cb.SEGMENT_ID)
-    positions = batch.column(cb.POSITION)
-    low, high = pc.min_max(segments).values()
-    first_positions = pc.filter(positions, pc.equal(segments, low))
-    last_positions = pc.filter(positions, pc.equal(segments, high))
-    return (low.as_py(), pc.min(first_positions).as_py()), (high.as_py(), pc.max(last_positions).as_py())
 
 
 def _unloadable(state: _TableState, batch: pa.RecordBatch) -> dict[str, str | None]:

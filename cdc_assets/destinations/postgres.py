@@ -923,7 +923,7 @@ class PostgresDestination:
 
     def _load(self, table: TableSchema, batch: pa.RecordBatch, load_id: str) -> LoadResult:
         started = time.perf_counter()
-        first, last = positions(batch)
+        first, last = cb.position_range(batch)
         incompatible = self._ensure(table)
         if self._loaded(load_id):
             log.info("load %s of %s was already committed; skipped", load_id, table.qualified_name)
@@ -996,8 +996,8 @@ class PostgresDestination:
         cursor: psycopg.Cursor,
         table: TableSchema,
         load_id: str,
-        first: tuple[int, int] | None,
-        last: tuple[int, int] | None,
+        first: cb.Position | None,
+        last: cb.Position | None,
         changes: int,
     ) -> None:
         cursor.execute(
@@ -1005,7 +1005,7 @@ class PostgresDestination:
             "last_segment, last_position, changes) VALUES (%s, %s, %s, %s, %s, %s, %s) "
             # A concurrent load of the same id committed first: both merges converge, keep its record.
             "ON CONFLICT (load_id) DO NOTHING",
-            [load_id, table.qualified_name, *(first or (None, None)), *(last or (None, None)), changes],
+            [load_id, table.qualified_name, *_ledger_columns(first), *_ledger_columns(last), changes],
         )
 
     def _dead_letter(self, table: TableSchema, batch: pa.RecordBatch, rejected: Mapping[int, str]) -> None:
@@ -1063,7 +1063,7 @@ class PostgresDestination:
         wanted = {_partition_bytes(table, values) for values in keys}
         return [row for row in state if row_sort_key(table, row)[0] in wanted]
 
-    def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> tuple[int, int] | None:
+    def ledger_position(self, tables: Sequence[TableSchema], load_id_prefix: str) -> cb.Position | None:
         """The furthest source position among committed loads whose id starts with ``load_id_prefix``.
 
         What a pipeline whose own record of positions is gone resumes from (``tables`` is not needed here:
@@ -1080,7 +1080,7 @@ class PostgresDestination:
                 [load_id_prefix],
             )
             row = cursor.fetchone()
-        return (row[0], row[1]) if row else None
+        return cb.Position(row[0], row[1]) if row else None
 
     def loads(self, table: TableSchema) -> list[dict[str, Any]]:
         """The committed loads of a table, oldest first."""
@@ -1282,12 +1282,6 @@ def _batch_columns(
     return columns, rejected
 
 
-def positions(batch: pa.RecordBatch) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """The first and last source position (segment id, position) of a batch's changes."""
-    if batch.num_rows == 0:
-        return None, None
-    segments = batch.column(cb.SEGMENT_ID).to_numpy()
-    positions = batch.column(cb.POSITION).to_numpy()
-    order = np.lexsort((positions, segments))
-    first, last = int(order[0]), int(order[-1])
-    return (int(segments[first]), int(positions[first])), (int(segments[last]), int(positions[last]))
+def _ledger_columns(position: cb.Position | None) -> tuple[int | None, int | None]:
+    """A position as the ledger's (segment, position) columns."""
+    return (None, None) if position is None else (position.segment_id, position.offset)

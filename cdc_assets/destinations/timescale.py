@@ -51,7 +51,6 @@ from cdc_assets.destinations.postgres import (
     Step,
     drop_stage_step,
     ident,
-    positions,
     stage_steps,
     wire_type,
 )
@@ -190,14 +189,14 @@ class ChangeHistory:
         cursor.execute(
             "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"cdc_assets:load:{self.helper}:{table.qualified_name}"]
         )
-        first, last = positions(batch)
+        first, last = cb.position_range(batch)
         if first is None or last is None:
             self._append_directly = False
             return
         cursor.execute(
             f"SELECT EXISTS (SELECT 1 FROM {ident(self.helper)}.loads WHERE table_name = %s "
             "AND (last_segment, last_position) >= (%s, %s) AND (first_segment, first_position) <= (%s, %s))",
-            [table.qualified_name, *first, *last],
+            [table.qualified_name, first.segment_id, first.offset, last.segment_id, last.offset],
         )
         self._append_directly = not cursor.fetchone()[0]  # type: ignore[index]
 

@@ -314,7 +314,7 @@ def _recover(
         context.log.info(f"{node}: no committed position in Dagster's storage; {name}'s load ledger has {found}")
         if found is None:
             return Committed(None, None)
-        positions.append(Position(*found))
+        positions.append(found)
     if not positions:
         return Committed(None, None)
     recovered = min(positions)
