@@ -87,9 +87,9 @@ from cdc_assets.config import parse_config
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.defs.keys import FROM_TAG, NODE_TAG
 from cdc_assets.defs.ledger import consumed
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.postgres import PostgresDestination
-from cdc_assets.destinations.timescale import TimescaleDestination
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
+from cdc_assets.destinations.postgres.destination import PostgresDestination
+from cdc_assets.destinations.timescale.destination import TimescaleDestination
 from cdc_assets.staging import StagedRange, list_ranges, position_key, position_name, write_times
 
 REPOSITORY = Path(__file__).resolve().parent.parent

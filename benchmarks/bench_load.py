@@ -7,7 +7,7 @@ updates, ~5 % row deletions), then, per destination, in the same run:
   to one column per field, each complex column's element cells to a child table of their own) and bulk
   loaded, with ``COPY … FROM STDIN`` for PostgreSQL and TimescaleDB and ``insert_arrow`` into plain
   MergeTree tables for ClickHouse. PostgreSQL's is timed twice: CSV written by pyarrow (the plain COPY the
-  target is judged on) and binary written by ``pg_binary`` (what the merge loads themselves now send;
+  target is judged on) and binary written by ``postgres.binary`` (what the merge loads themselves now send;
   shown for comparison, it is the stricter baseline). Flattening and serialising are timed: a destination must
   do that work too.
 - *merge*: the destination's own ``load`` into its (empty, already created) tables.
@@ -50,7 +50,7 @@ from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.commitlog.generator.workload import realistic_table
-from cdc_assets.destinations.pg_binary import binary_copy_payload
+from cdc_assets.destinations.postgres.binary import binary_copy_payload
 
 DEFAULT_POSTGRES_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 TARGET_RATIO = 0.70
@@ -377,11 +377,11 @@ def postgres_contenders(dsn: str, prefix: str, table: TableSchema, names: list[s
     destinations: dict[str, Any] = {}
     try:
         if "postgres" in names:
-            from cdc_assets.destinations.postgres import PostgresDestination
+            from cdc_assets.destinations.postgres.destination import PostgresDestination
 
             destinations["postgres"] = PostgresDestination(dsn, schema_prefix=f"{prefix}pg_")
         if "timescale" in names:
-            from cdc_assets.destinations.timescale import TimescaleDestination
+            from cdc_assets.destinations.timescale.destination import TimescaleDestination
 
             destinations["timescale"] = TimescaleDestination(
                 dsn, schema_prefix=f"{prefix}ts_", allow_plain_postgres=True
@@ -408,7 +408,7 @@ def _copy_contender(name: str, dsn: str, prefix: str, destination: Any, table: T
 @contextmanager
 def clickhouse_contender(prefix: str, table: TableSchema) -> Iterator[Contender]:
     """The ClickHouse contender on a chdb engine in a temporary directory, removed after."""
-    from cdc_assets.destinations.clickhouse import ClickHouseDestination
+    from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
 
     data_path = tempfile.mkdtemp(prefix="cdc_bench_chdb_")
     destination = ClickHouseDestination(dsn=f"chdb://{data_path}", database_prefix=f"{prefix}ch_")

@@ -1,4 +1,4 @@
-"""Binary COPY benchmark: ``pg_binary.binary_copy_payload`` next to the CSV COPY it replaces.
+"""Binary COPY benchmark: ``postgres.binary.binary_copy_payload`` next to the CSV COPY it replaces.
 
 For each of two tables of ``--rows`` rows (default 1,000,000), built column by column:
 
@@ -11,7 +11,7 @@ For each of two tables of ``--rows`` rows (default 1,000,000), built column by c
 it times, in the same run, best of ``--repeat``:
 
 - *encode*: ``binary_copy_payload`` (binary), and ``pyarrow.csv.write_csv`` with bytea as ``\\x`` hex text
-  from ``pg_keys.bytea_text`` (csv: the PostgreSQL destination's former path, hex conversion included);
+  from ``postgres.keys.bytea_text`` (csv: the PostgreSQL destination's former path, hex conversion included);
 - *copy*: the server-side ``COPY … FROM STDIN`` of each payload (its wall time, written in 1 MiB slices)
   into an empty temporary table of the target types.
 
@@ -38,8 +38,8 @@ import pyarrow.csv as pacsv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdc_assets.destinations.pg_binary import binary_copy_payload
-from cdc_assets.destinations.pg_keys import bytea_text
+from cdc_assets.destinations.postgres.binary import binary_copy_payload
+from cdc_assets.destinations.postgres.keys import bytea_text
 
 DEFAULT_POSTGRES_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 COPY_CHUNK = 1 << 20

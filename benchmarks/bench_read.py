@@ -55,8 +55,8 @@ from cdc_assets import devstack
 from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
 from cdc_assets.commitlog.generator.workload import Workload, generate, realistic_table
 from cdc_assets.commitlog.reader import CommitLogReader
-from cdc_assets.destinations.ch_types import quote
-from cdc_assets.destinations.postgres import ident
+from cdc_assets.destinations.clickhouse.types import quote
+from cdc_assets.destinations.postgres.destination import ident
 
 DEFAULT_POSTGRES_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 SEGMENT_SIZE = 32 << 20
@@ -281,19 +281,19 @@ def targets(names: list[str], prefix: str, stack: ExitStack) -> Iterator[list[Ta
     if {"postgres", "timescale"} & set(names):
         dsn = stack.enter_context(postgres_dsn())
     if "postgres" in names:
-        from cdc_assets.destinations.postgres import PostgresDestination
+        from cdc_assets.destinations.postgres.destination import PostgresDestination
 
         destination = PostgresDestination(dsn, schema_prefix=f"{prefix}pg_")
         stack.callback(destination.close)
         chosen.append(postgres_target("postgres", destination, dsn, f"{prefix}plain"))
     if "timescale" in names:
-        from cdc_assets.destinations.timescale import TimescaleDestination
+        from cdc_assets.destinations.timescale.destination import TimescaleDestination
 
         destination = TimescaleDestination(dsn, schema_prefix=f"{prefix}ts_", allow_plain_postgres=True)
         stack.callback(destination.close)
         chosen.append(postgres_target("timescale", destination, dsn, f"{prefix}plain"))
     if "clickhouse" in names:
-        from cdc_assets.destinations.clickhouse import ClickHouseDestination
+        from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
 
         data_path = tempfile.mkdtemp(prefix="cdc_bench_chdb_")
         stack.callback(shutil.rmtree, data_path, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cdc_assets.dead_letters import DeadLetterStore
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
 
 _prefixes = itertools.count()
 

@@ -37,9 +37,9 @@ from cdc_assets.commitlog.reader import CommitLogReader, scan_segment
 from cdc_assets.config import load_config
 from cdc_assets.definitions import build_definitions
 from cdc_assets.defs.cassandra.schema import captured_tables, load_registry
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.postgres import PostgresDestination
-from cdc_assets.destinations.timescale import TimescaleDestination
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
+from cdc_assets.destinations.postgres.destination import PostgresDestination
+from cdc_assets.destinations.timescale.destination import TimescaleDestination
 from cdc_assets_tests.cassandra_fixture import NodeFactory
 from cdc_assets_tests.cassandra_oracle import select_all
 from cdc_assets_tests.cassandra_workloads import WorkloadResult, run_workload
@@ -101,14 +101,14 @@ def differences(table: TableSchema, current: list[dict[str, Any]], expected: lis
     return f"{len(lines)} rows differ:\n" + "\n".join(lines[:8])
 
 
-#: Destinations whose ``time`` and ``duration`` hold microseconds: ``pg_types`` documents that nanoseconds
+#: Destinations whose ``time`` and ``duration`` hold microseconds: ``postgres.types`` documents that nanoseconds
 #: are truncated (PostgreSQL's time and interval cannot hold them).
 MICROSECOND_DESTINATIONS = frozenset({"postgres", "timescaledb"})
 
 
 def as_stored_by(destination: str, table: TableSchema, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The node's rows at the documented precision of ``destination``: for PostgreSQL, time and duration
-    columns truncated to microseconds (toward zero, as ``pg_types`` writes them)."""
+    columns truncated to microseconds (toward zero, as ``postgres.types`` writes them)."""
     if destination not in MICROSECOND_DESTINATIONS:
         return rows
     kinds = {column.name: column.type.kind for column in table.statics + table.regulars}

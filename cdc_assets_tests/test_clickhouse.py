@@ -19,7 +19,8 @@ from cdc_assets.change_batch import Position, arrow_type, build_change_batch
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations.base import PermanentDestinationError, TransientDestinationError
 from cdc_assets.destinations.cassandra_values import canonical_value, order_bytes, value_bytes
-from cdc_assets.destinations.ch_types import (
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
+from cdc_assets.destinations.clickhouse.types import (
     clickhouse_type,
     nullable,
     order_key_sql,
@@ -27,7 +28,6 @@ from cdc_assets.destinations.ch_types import (
     reconcile_key_sql,
     to_clickhouse_arrow,
 )
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
 
 Factory = Callable[[Path | None], ClickHouseDestination]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
 from cdc_assets_tests.convergence import COUNTERS, Case, Delivery, assert_converges, cases, deliveries
 
 

@@ -12,8 +12,8 @@ from contextlib import closing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc_assets.destinations.postgres import PIECE_CHANGES, PostgresDestination
-from cdc_assets.destinations.timescale import TimescaleDestination
+from cdc_assets.destinations.postgres.destination import PIECE_CHANGES, PostgresDestination
+from cdc_assets.destinations.timescale.destination import TimescaleDestination
 from cdc_assets_tests.convergence import COUNTERS, Case, Delivery, assert_converges, cases, deliveries
 
 # Every example writes into schemas of its own in the module's one database.

@@ -27,9 +27,9 @@ from cdc_assets.commitlog.generator.encoding import encode_mutation
 from cdc_assets.commitlog.generator.segment_writer import SegmentWriter
 from cdc_assets.commitlog.reader import CommitLogReader
 from cdc_assets.destinations.base import Destination
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.postgres import PostgresDestination
-from cdc_assets.destinations.timescale import TimescaleDestination
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
+from cdc_assets.destinations.postgres.destination import PostgresDestination
+from cdc_assets.destinations.timescale.destination import TimescaleDestination
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 NODE_A, NODE_B = uuid.UUID("0000000a-0000-1000-8000-00000000000a"), uuid.UUID("0000000b-0000-1000-8000-00000000000b")

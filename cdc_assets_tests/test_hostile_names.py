@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType, native, parse_type
 from cdc_assets.destinations.base import PermanentDestinationError
-from cdc_assets.destinations.ch_types import quote
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.postgres import PostgresDestination
-from cdc_assets.destinations.timescale import TimescaleDestination
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
+from cdc_assets.destinations.clickhouse.types import quote
+from cdc_assets.destinations.postgres.destination import PostgresDestination
+from cdc_assets.destinations.timescale.destination import TimescaleDestination
 from cdc_assets_tests.convergence import Delivery, assert_converges, deliveries
 
 # Cassandra's longest keyspace or table name (SchemaConstants.NAME_LENGTH) and PostgreSQL's longest

@@ -30,9 +30,9 @@ from cdc_assets.destinations.base import (
     describe_error,
     load_boundary,
 )
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.postgres import PostgresDestination
-from cdc_assets.destinations.timescale import TimescaleDestination
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
+from cdc_assets.destinations.postgres.destination import PostgresDestination
+from cdc_assets.destinations.timescale.destination import TimescaleDestination
 
 ADDRESS = CqlType("udt", (parse_type("int"), parse_type("text")), frozen=True, name="address", field_names=("n", "s"))
 # Every kind of value Cassandra orders clustering by: each has its own ClickHouse and PostgreSQL storage.

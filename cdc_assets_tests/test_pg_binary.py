@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc_assets.destinations.pg_binary import binary_copy_payload
+from cdc_assets.destinations.postgres.binary import binary_copy_payload
 
 UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MIDNIGHT = dt.datetime(2000, 1, 1)

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
 from cdc_assets.change_batch import build_change_batch
-from cdc_assets.destinations.pg_staging import shown_name, shown_until_name
-from cdc_assets.destinations.postgres import DEAD, PostgresDestination, ident
-from cdc_assets.destinations.timescale import TimescaleDestination
+from cdc_assets.destinations.postgres.destination import DEAD, PostgresDestination, ident
+from cdc_assets.destinations.postgres.staging import shown_name, shown_until_name
+from cdc_assets.destinations.timescale.destination import TimescaleDestination
 from cdc_assets_tests import strategies
 from cdc_assets_tests.test_postgres import NOW, NOW_S, SIMPLE, cell, elements, query, row, table_of
 
@@ -156,7 +156,7 @@ def test_a_collection_is_presented_from_its_stored_value_until_its_first_element
     assert [r["tags"] for r in destination.current_state(SIMPLE, now=after)] == [[1, 3]]
 
 
-# The complex types whose presented value a load spells in Python (``pg_elements.present``); with text that
+# The complex types whose presented value a load spells in Python (``postgres.elements.present``); with text that
 # JSON and array literals escape (quotes, backslashes, control characters), unicode and empty strings.
 PRESENTED = table_of(
     "presented",

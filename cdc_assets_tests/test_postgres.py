@@ -23,7 +23,7 @@ from cdc_assets.cassandra_schema.types import CqlType, parse_type
 from cdc_assets.change_batch import Position, build_change_batch
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations.base import PermanentDestinationError, TransientDestinationError
-from cdc_assets.destinations.postgres import PostgresDestination
+from cdc_assets.destinations.postgres.destination import PostgresDestination
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 NOW_S = int(NOW.timestamp())

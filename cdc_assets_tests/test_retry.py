@@ -18,7 +18,7 @@ from cdc_assets.destinations.base import (
     PermanentDestinationError,
     TransientDestinationError,
 )
-from cdc_assets.destinations.postgres import PostgresDestination
+from cdc_assets.destinations.postgres.destination import PostgresDestination
 from cdc_assets.retry import backoff_delay, load_everywhere, retry
 from cdc_assets_tests.chdb_fixture import new_destination
 

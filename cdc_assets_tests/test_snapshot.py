@@ -34,9 +34,9 @@ from cdc_assets.defs.cassandra.snapshot import JOB
 from cdc_assets.defs.checks.window import RECONCILIATION
 from cdc_assets.defs.keys import CONSUMED, NODE_TAG, destination_key, snapshot_key
 from cdc_assets.destinations.cassandra_values import batch_rows, timeuuid_order
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
-from cdc_assets.destinations.postgres import PostgresDestination
-from cdc_assets.destinations.timescale import TimescaleDestination
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
+from cdc_assets.destinations.postgres.destination import PostgresDestination
+from cdc_assets.destinations.timescale.destination import TimescaleDestination
 from cdc_assets.snapshot import (
     MAX_TOKEN,
     MIN_TOKEN,

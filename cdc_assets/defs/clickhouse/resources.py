@@ -6,7 +6,7 @@ import dagster as dg
 
 from cdc_assets.dead_letters import open_dead_letters
 from cdc_assets.defs.resources import dsn_from_environment
-from cdc_assets.destinations.clickhouse import ClickHouseDestination
+from cdc_assets.destinations.clickhouse.destination import ClickHouseDestination
 
 
 class ClickHouseResource(dg.ConfigurableResource):

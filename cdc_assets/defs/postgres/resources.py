@@ -6,7 +6,7 @@ import dagster as dg
 
 from cdc_assets.dead_letters import open_dead_letters
 from cdc_assets.defs.resources import dsn_from_environment
-from cdc_assets.destinations.postgres import PostgresDestination
+from cdc_assets.destinations.postgres.destination import PostgresDestination
 
 
 class PostgresResource(dg.ConfigurableResource):

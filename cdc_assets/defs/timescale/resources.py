@@ -8,7 +8,7 @@ import dagster as dg
 
 from cdc_assets.dead_letters import open_dead_letters
 from cdc_assets.defs.resources import dsn_from_environment
-from cdc_assets.destinations.timescale import TimescaleDestination
+from cdc_assets.destinations.timescale.destination import TimescaleDestination
 
 
 class TimescaleResource(dg.ConfigurableResource):

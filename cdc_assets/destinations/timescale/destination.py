@@ -2,11 +2,11 @@
 
 The current state is exactly :mod:`postgres`'s (the same storage tables, merge and view): a read costs what
 it costs there, whatever the length of the history. This destination is a :class:`PostgresDestination`
-given a :class:`ChangeHistory` hook (:class:`~cdc_assets.destinations.postgres.LoadHook`); it overrides
+given a :class:`ChangeHistory` hook (:class:`~cdc_assets.destinations.postgres.destination.LoadHook`); it overrides
 nothing of PostgreSQL's.
 
 The history is for time-series questions (what changed when), not for reconstructing reads: each load also
-appends its changes, unreduced, to ``"<table>__changes"``: one row per change part (``pg_staging``
+appends its changes, unreduced, to ``"<table>__changes"``: one row per change part (``postgres.staging``
 describes the columns), with ``_cdc_time`` (the change's latest write time: the time dimension),
 ``_cdc_segment_id``/``_cdc_position`` (where it was read) and ``_cdc_key`` (the part's kind and key). The
 unique index on those four makes a replay a no-op; it includes ``_cdc_time`` because TimescaleDB requires
@@ -41,10 +41,10 @@ import pyarrow.compute as pc
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.dead_letters import DeadLetterStore
-from cdc_assets.destinations import pg_binary
-from cdc_assets.destinations import pg_staging as st
 from cdc_assets.destinations.base import PermanentDestinationError
-from cdc_assets.destinations.postgres import (
+from cdc_assets.destinations.postgres import binary as pg_binary
+from cdc_assets.destinations.postgres import staging as st
+from cdc_assets.destinations.postgres.destination import (
     PIECE_CHANGES,
     PgTableSql,
     PostgresDestination,
@@ -130,8 +130,9 @@ def hypertable_sql(
 
 
 class ChangeHistory:
-    """The :class:`~cdc_assets.destinations.postgres.LoadHook` appending every change of a load to the table's
-    history (a hypertable, or a range-partitioned table without the extension), in the load's transaction."""
+    """The PostgreSQL :class:`~cdc_assets.destinations.postgres.destination.LoadHook` appending every change of a
+    load to the table's history (a hypertable, or a range-partitioned table without the extension), in the
+    load's transaction."""
 
     def __init__(
         self,

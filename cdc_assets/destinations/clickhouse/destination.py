@@ -102,7 +102,7 @@ from cdc_assets.destinations.base import (
     load_boundary,
 )
 from cdc_assets.destinations.cassandra_values import canonical_rows, key_component, raw_type, row_sort_key
-from cdc_assets.destinations.ch_types import (
+from cdc_assets.destinations.clickhouse.types import (
     can_be_null,
     clickhouse_type,
     field_to_clickhouse_arrow,

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdc_assets.destinations.pg_keys import hex_text
+from cdc_assets.destinations.postgres.keys import hex_text
 
 SOURCE, KEY, CLOCK, COUNT, TS = "source", "key", "clock", "count", "ts"
 SCHEMA = pa.schema(

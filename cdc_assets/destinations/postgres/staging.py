@@ -11,10 +11,10 @@ A change becomes one or two *parts*, each a staging row aimed at one storage tab
 
 A simple column ``c`` is staged as ``c`` (the value, in its PostgreSQL type), ``c__ts`` (write time,
 µs), ``c__exp`` (expiry, seconds since the epoch, for TTL'd cells), ``c__del`` (tombstone) and, for the
-types whose CQL bytes PostgreSQL cannot compute (``pg_types.value_bytes_sql``), ``c__vb`` (those bytes,
+types whose CQL bytes PostgreSQL cannot compute (``postgres.types.value_bytes_sql``), ``c__vb`` (those bytes,
 for Cassandra's tie-break). A complex column is staged as ``c`` (jsonb: element identity → element, as
-``pg_elements`` describes) and ``c__deleted_at`` (the collection deletion); a counter as ``c`` (jsonb:
-counter id → shard, as ``pg_counters`` describes) and ``c__deleted_at`` (its tombstone). Until the parts
+``postgres.elements`` describes) and ``c__deleted_at`` (the collection deletion); a counter as ``c`` (jsonb:
+counter id → shard, as ``postgres.counters`` describes) and ``c__deleted_at`` (its tombstone). Until the parts
 are reduced, elements and shards are kept aside as Arrow rows (``Parts.elements``).
 
 :func:`reduce_parts` merges the parts of one key within a batch by the same rules the merge statement
@@ -36,9 +36,6 @@ import pyarrow.compute as pc
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
-from cdc_assets.destinations import pg_counters as ct
-from cdc_assets.destinations import pg_elements as el
-from cdc_assets.destinations import pg_types
 from cdc_assets.destinations.cassandra_values import (
     canonical_value,
     key_component,
@@ -46,7 +43,10 @@ from cdc_assets.destinations.cassandra_values import (
     range_bounds,
     value_bytes,
 )
-from cdc_assets.destinations.pg_keys import all_uuid_text, key_matrix, uuid_key
+from cdc_assets.destinations.postgres import counters as ct
+from cdc_assets.destinations.postgres import elements as el
+from cdc_assets.destinations.postgres import types as pg_types
+from cdc_assets.destinations.postgres.keys import all_uuid_text, key_matrix, uuid_key
 
 PART_ROW, PART_STATIC, PART_PARTITION, PART_RANGE = "r", "s", "p", "g"
 
@@ -69,7 +69,7 @@ _PLAIN_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 _MAX_INT64_DIGITS = 18
 _INT_KEY_WIDTHS = {"tinyint": 1, "smallint": 2, "int": 4, "bigint": 8, "timestamp": 8, "date": 4, "time": 8}
 # Kinds whose Arrow values are staged as they are (the others as their PostgreSQL text form). Every kind whose
-# tie-break bytes PostgreSQL computes (``pg_types.value_bytes_sql``) is one: ``_tie_bytes`` reads them too.
+# tie-break bytes PostgreSQL computes (``postgres.types.value_bytes_sql``) is one: ``_tie_bytes`` reads them too.
 _NATIVE_KINDS = frozenset(
     {"ascii", "text", "blob", "boolean", "tinyint", "smallint", "int", "bigint", "counter", "float", "double"}
     | {"varint", "decimal", "timestamp", "date", "time", "uuid", "timeuuid", "inet"}
@@ -179,7 +179,7 @@ class Parts:
     """Staging rows as Arrow columns.
 
     Until :func:`reduce_parts` renders them as jsonb text, a complex column's or a counter's staged column is
-    null and its elements or shards are in ``elements`` (``pg_elements`` or ``pg_counters`` rows, ``SOURCE``
+    null and its elements or shards are in ``elements`` (``postgres.elements`` or ``postgres.counters`` rows, ``SOURCE``
     the change they came from).
     """
 

@@ -6,7 +6,7 @@ A complex column is stored as one jsonb object per row: element identity → a J
 
 ``ts`` the write time (µs); ``c`` 1 for an expiring cell, 2 for a tombstone (absent: live); ``exp`` the
 expiry (seconds); ``vb`` the hex of the value's CQL bytes (absent: no bytes, as a set element has);
-``v`` the value as ``pg_types`` JSON; ``o`` the hex of the identity's order bytes; ``k`` a map key's text.
+``v`` the value as ``postgres.types`` JSON; ``o`` the hex of the identity's order bytes; ``k`` a map key's text.
 Trailing absent fields are left out, and what the identity already says is never repeated: a set or map
 keyed by ``text``/``ascii`` uses the text itself as identity, order (``COLLATE "C"`` is UTF-8 byte order,
 Cassandra's) and map key, and a set's value is its key. A live element of a ``set<text>`` is therefore
@@ -30,7 +30,6 @@ import pyarrow.compute as pc
 
 from cdc_assets.cassandra_schema.tables import Column
 from cdc_assets.cassandra_schema.types import CqlType
-from cdc_assets.destinations import pg_types
 from cdc_assets.destinations.cassandra_values import (
     canonical_element,
     canonical_value,
@@ -39,7 +38,8 @@ from cdc_assets.destinations.cassandra_values import (
     timeuuid_order,
     value_bytes,
 )
-from cdc_assets.destinations.pg_keys import all_uuid_text, fixed_binary, hex_text, uuid_key
+from cdc_assets.destinations.postgres import types as pg_types
+from cdc_assets.destinations.postgres.keys import all_uuid_text, fixed_binary, hex_text, uuid_key
 
 SOURCE, KEY, TS, CLASS, EXP, VB, VALUE, ORDER, MAP_KEY = "source", "key", "ts", "c", "exp", "vb", "v", "o", "k"
 _TEXT_FIELDS = (VB, VALUE, ORDER, MAP_KEY)
@@ -75,7 +75,7 @@ def text_keyed(cql: CqlType) -> bool:
 def element_rows(column: Column, cells: pa.Array, rejected: dict[int, str]) -> pa.Table:
     """A complex column's elements, one row each (``SOURCE``: the change's index in ``cells``).
 
-    Elements PostgreSQL cannot take (a NUL in jsonb, a value ``pg_types`` cannot spell) reject their change.
+    Elements PostgreSQL cannot take (a NUL in jsonb, a value ``postgres.types`` cannot spell) reject their change.
     """
     lists = pc.struct_field(cells, "cells")
     rows = _columnar_rows(column.type, lists)
@@ -285,7 +285,7 @@ def presentable(cql: CqlType) -> bool:
 
 def present(cql: CqlType, kept: pa.Table, owners: np.ndarray, count: int, dropped_at: int) -> Presented:
     """Per owner, the presented value of its elements (``reduce``'s) as PostgreSQL's text input of
-    ``pg_types.pg_type(cql)``, every element held included (live and expiring; not tombstones nor what a
+    ``postgres.types.pg_type(cql)``, every element held included (live and expiring; not tombstones nor what a
     drop of the column hides), in the column's order; and its first element expiry. What the SQL function
     ``PgTableSql._present_function`` computes from the stored jsonb, spelt here from the Arrow elements.
 

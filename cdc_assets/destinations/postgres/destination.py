@@ -6,7 +6,7 @@ Per Cassandra table ``ks.t``, in the schema ``<prefix>ks``:
   to ``t__static`` when the table has static columns) whose only work is expiry, decided at read time to
   the second (``now()``, or the ``cdc_assets.now`` setting when set): a row shows while its
   ``_cdc_alive_until`` is ahead of now, a cell while its expiry is. It presents every CQL type as
-  ``pg_types`` documents.
+  ``postgres.types`` documents.
 - ``"t__rows"``: the merged current state, one row per clustering row, keyed by partition key and ``_cdc_ck``
   (the clustering in Cassandra's order, as bytes; the primary key's index serves a lookup by partition key).
   Beside each column's value it keeps the cell's write time, expiry and tombstone flag (and the CQL bytes for
@@ -14,8 +14,8 @@ Per Cassandra table ``ks.t``, in the schema ``<prefix>ks``:
   latest deletion covering the row (``_cdc_deleted_at``: its own, its partition's or a range's) and
   ``_cdc_alive_until``, a generated column: the latest expiry among what keeps the row visible (null: never
   expires; ``DEAD``: nothing does). Complex columns are jsonb maps of elements, each with its own write time
-  (``pg_staging``); counters jsonb maps of their leaders' shards (``pg_counters``) beside their generated sum
-  ``<c>__sum``.
+  (``postgres.staging``); counters jsonb maps of their leaders' shards (``postgres.counters``) beside their
+  generated sum ``<c>__sum``.
 - ``"t__static"``: the same for each partition's static row.
 - ``"t__partdel"`` and ``"t__rangedel"``: partition and range deletions (highest timestamp kept).
 
@@ -29,7 +29,7 @@ deletions (one more statement per piece, an update of the rows they cover) and b
 generated columns, a look-up of the deletions covering it); what a read costs no longer depends on the
 history. A complex column keeps its element map (merges need each element's write time and expiry) and
 its presented value with every element it holds (``<c>__shown``), good until its first element expires
-(``<c>__shown_until``); the load spells both in Arrow (``pg_elements.present``) when the merged map is the
+(``<c>__shown_until``); the load spells both in Arrow (``postgres.elements.present``) when the merged map is the
 staged one, and PostgreSQL computes them otherwise. Only past ``<c>__shown_until`` does the view present the
 column from the map, element by element. The view evaluates ``now`` once per query (a sub-select), calls
 only ``PARALLEL SAFE`` helper functions, and costs them low so that PostgreSQL neither JIT-compiles it nor
@@ -45,7 +45,7 @@ first and last source position and change count) and ``columns`` (each column's 
 change the storage cannot take).
 
 A load is one transaction, sent in pieces of whole partitions (while PostgreSQL merges one, Python prepares
-the next): per piece, a binary COPY (``pg_binary``) into a temporary staging table, then (when the piece
+the next): per piece, a binary COPY (``postgres.binary``) into a temporary staging table, then (when the piece
 holds deletions) one statement recording them and applying them to the rows they cover, then one statement
 of two ``INSERT … ON CONFLICT DO UPDATE`` (rows, static rows) that keeps, cell by cell, whichever of the
 stored and the staged cell Cassandra would keep (``cassandra_model.py`` states the rules); then the ``loads`` row. A
@@ -83,10 +83,6 @@ from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import parse_type
 from cdc_assets.dead_letters import DeadLetter, DeadLetterStore
-from cdc_assets.destinations import pg_binary, pg_types
-from cdc_assets.destinations import pg_counters as ct
-from cdc_assets.destinations import pg_elements as el
-from cdc_assets.destinations import pg_staging as st
 from cdc_assets.destinations.base import (
     DestinationError,
     LoadResult,
@@ -95,6 +91,11 @@ from cdc_assets.destinations.base import (
     load_boundary,
 )
 from cdc_assets.destinations.cassandra_values import canonical_rows, key_component, row_sort_key
+from cdc_assets.destinations.postgres import binary as pg_binary
+from cdc_assets.destinations.postgres import counters as ct
+from cdc_assets.destinations.postgres import elements as el
+from cdc_assets.destinations.postgres import staging as st
+from cdc_assets.destinations.postgres import types as pg_types
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class PgTableSql:
         """The generated columns of storage table ``suffix`` (``__rows``, ``__static``), as (name, type,
         expression): PostgreSQL computes them whenever a merge writes the row, so a read finds them ready:
         ``_cdc_alive_until`` and each counter's sum. (A complex column's presented value is no generated
-        column: a load spells it for the rows it brings, ``pg_elements.present``, and the merge computes it
+        column: a load spells it for the rows it brings, ``postgres.elements.present``, and the merge computes it
         only for the rows it merges with stored ones, :meth:`_presented_assignment`.)"""
         columns = self.table.regulars if suffix == "__rows" else self.table.statics
         derived = [(ALIVE_UNTIL, "bigint", self.alive_until_sql(columns))]
@@ -514,7 +515,7 @@ class PgTableSql:
         every deletion that covers it in ``_cdc_deleted_at``.
 
         The load already removed what a row's own deletion hides and spelt its complex columns' presented
-        values (``pg_staging.reduce_parts``); only a row a stored deletion covers has its elements merged and
+        values (``postgres.staging.reduce_parts``); only a row a stored deletion covers has its elements merged and
         presented here (in sub-selects: a function call costs each row even where it does not apply)."""
         stored = ["p._cdc_deleted_at"]
         if part == st.PART_ROW:
@@ -1136,7 +1137,7 @@ def stage_steps(stage: str, staging: Sequence[tuple[str, str]], parts: st.Parts)
 
 def wire_type(pg_type: str, values: pa.Array | pa.ChunkedArray) -> str:
     """The type a staged column is sent as: its own, unless binary COPY cannot spell it or it was staged as
-    its text form (``pg_staging``; numeric only from plain decimal text), then text."""
+    its text form (``postgres.staging``; numeric only from plain decimal text), then text."""
     if pg_type not in pg_binary.SUPPORTED_TYPES:
         return "text"
     if pa.types.is_string(values.type) and pg_type not in ("text", "jsonb", "uuid"):
