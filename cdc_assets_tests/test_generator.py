@@ -36,8 +36,9 @@ from cdc_assets.commitlog.generator.segment_writer import (
     frame_entry,
     sync_marker,
 )
-from cdc_assets.commitlog.primitives import DELETION_TIME_EPOCH, TIMESTAMP_EPOCH, write_uvint
+from cdc_assets.commitlog.primitives import DELETION_TIME_EPOCH, TIMESTAMP_EPOCH
 from cdc_assets.commitlog.reader import CommitLogReader, scan_segment
+from cdc_assets.vints import write_uvint
 from cdc_assets_tests.shared_fixtures import COMMITLOG_FIXTURES
 from cdc_assets_tests.strategies import mutations, tables
 

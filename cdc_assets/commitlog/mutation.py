@@ -26,11 +26,11 @@ from cdc_assets.commitlog.primitives import (
     LIVE_TIMESTAMP,
     MASK32,
     TIMESTAMP_EPOCH,
-    read_uvint,
     s32,
     s64,
 )
 from cdc_assets.commitlog.values import Decoder, format_uuid, partition_key_decoder, value_decoder
+from cdc_assets.vints import read_uvint
 
 # Partition flags (10.3)
 IS_EMPTY = 0x01

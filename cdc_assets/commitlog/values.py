@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from cdc_assets.cassandra_schema.types import CqlType
-from cdc_assets.commitlog.primitives import read_uvint, zigzag_decode
+from cdc_assets.vints import read_uvint, zigzag_decode
 
 Decoder = Callable[[bytes], Any]
 

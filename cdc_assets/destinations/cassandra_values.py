@@ -1,6 +1,6 @@
 """Cassandra's value rules, shared by every destination and the replay model: the canonical form of a table's
 current state, values' serialized bytes and comparator order, and the ranks by which cells reconcile. It
-imports no destination and, of the reader, only its pure varint primitives (``commitlog.primitives``).
+imports no destination and nothing of the reader (vints come from the neutral :mod:`cdc_assets.vints`).
 
 Every destination's ``current_state`` and :class:`~cdc_assets.cassandra_model.CassandraModel` return rows in
 one *canonical form*, so a test can compare them with ``==``:
@@ -63,7 +63,7 @@ import pyarrow as pa
 
 from cdc_assets.cassandra_schema.tables import Column, TableSchema
 from cdc_assets.cassandra_schema.types import CqlType
-from cdc_assets.commitlog.primitives import write_uvint, zigzag_encode
+from cdc_assets.vints import write_uvint, zigzag_encode
 
 NAN = "NaN"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from cdc_assets.cassandra_schema.types import CqlType
 from cdc_assets.commitlog.generator.ordering import sort_unique, struct_field_names
-from cdc_assets.commitlog.primitives import write_uvint, zigzag_encode
+from cdc_assets.vints import write_uvint, zigzag_encode
 
 # The node leading every counter update of a generated workload (a single-node cluster's).
 DEFAULT_COUNTER_ID = uuid.UUID("00000000-0000-4000-8000-00000000c0de")

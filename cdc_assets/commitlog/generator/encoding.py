@@ -45,8 +45,8 @@ from cdc_assets.commitlog.primitives import (
     TIMESTAMP_EPOCH,
     s32,
     s64,
-    write_uvint,
 )
+from cdc_assets.vints import write_uvint
 
 # Commit log version -> messaging version its mutations are serialized with (format notes, section 1).
 MESSAGING_VERSIONS = {6: 10, 7: 12, 8: 13}
