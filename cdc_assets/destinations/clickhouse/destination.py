@@ -42,8 +42,9 @@ change it. A row that died is written too (live until the epoch), so it replaces
 depends on ``now`` stays in the view: the state keeps each cell's value with its expiry, each complex
 column's surviving elements with their expiries (and the collection as presented, when none expires), each
 row's ``_cdc_live_until`` (when its last live cell or liveness expires) and ``_cdc_first_expiry`` (when its
-first cell does). The view reads the stored values as they are for rows whose first expiry is after
-``now`` and checks each cell's expiry only for the others (``UNION ALL`` of the two). The trade-off: a
+first cell does). The view reads the state once: each simple cell's expiry is checked against ``now``; a
+collection's live elements are presented again only in rows where one has expired (``_cdc_first_expiry``
+passed), the others show the presented value as stored. The trade-off: a
 load pays for recomputing its partitions (in proportion to their history, not the table's) and for the
 merge of the state table; reads no longer grow with the history.
 
@@ -434,6 +435,8 @@ class ClickHouseDestination:
         self._client: Any = None
         self._lock = threading.RLock()
         self._tables: dict[str, _TableState] = {}
+        # DESCRIBE of each merged-state query: planned once per layout, not on every load.
+        self._described: dict[str, list[tuple[str, str]]] = {}
 
     # -- connection ---------------------------------------------------------------------------------
 
@@ -572,10 +575,12 @@ class ClickHouseDestination:
         self._command(f"ALTER TABLE {layout.state} MODIFY COMMENT {literal(signature)}")
 
     def _describe(self, layout: _Layout) -> list[tuple[str, str]]:
-        """The merged state's columns and their ClickHouse types."""
+        """The merged state's columns and their ClickHouse types (asked once per merged-state query)."""
         sql = f"DESCRIBE TABLE ({_merged_state(layout)})"
-        described = self._call(lambda: self.client.query(sql, settings=_view_settings(layout)))
-        return [(row[0], row[1]) for row in described.result_rows]
+        if sql not in self._described:
+            described = self._call(lambda: self.client.query(sql, settings=_view_settings(layout)))
+            self._described[sql] = [(row[0], row[1]) for row in described.result_rows]
+        return self._described[sql]
 
     def _pending(self, layout: _Layout) -> list[str]:
         """Recorded loads whose partitions the state table has not been recomputed for yet."""
@@ -1421,13 +1426,14 @@ def _merged(layout: _Layout, now: str) -> str:
     """Per row (and per partition's static row) in the merged state table: visible values at ``now``, and
     whether the row is live.
 
-    Rows none of whose cells expires by ``now`` (nearly all, usually) read their stored values as they are;
-    only the others check each cell's expiry.
+    One read of the state: a simple cell shows its stored value while its expiry is after ``now``; a
+    collection shows its presented value, unless it holds expiring elements and the row's first expiry has
+    passed: only then (rarely, and evaluated for those rows alone: ``if`` is short-circuit) are its live
+    elements presented again.
     """
     table = layout.table
     group = _list(quote(c.name) for c in [*table.partition_key, *table.clustering])
-    stored = [group, STATIC]
-    checked = [group, STATIC]
+    columns = [group, STATIC]
     for column in table.value_columns:
         name = quote(column.name)
         if column.type.is_complex:
@@ -1435,11 +1441,10 @@ def _merged(layout: _Layout, now: str) -> str:
             live = f"arrayFilter(_e -> {_live('tupleElement(_e, 5)', now)}, {elements})"
             expiring = quote(_expiring_column(column.name))
             presented = quote(_presented_column(column.name))
-            stored.append(f"{presented} AS {name}")
-            checked.append(f"if({expiring}, {_complex_value(column, live)}, {presented}) AS {name}")
+            recompute = f"{expiring} AND {FIRST_EXPIRY} <= {now}"
+            columns.append(f"if({recompute}, {_complex_value(column, live)}, {presented}) AS {name}")
         elif column.type.kind == "counter":
-            stored.append(f"{quote(_value_column(column.name))} AS {name}")
-            checked.append(f"{quote(_value_column(column.name))} AS {name}")
+            columns.append(f"{quote(_value_column(column.name))} AS {name}")
         else:
             expires = quote(_expires_column(column.name))
             value = quote(_value_column(column.name))
@@ -1448,13 +1453,9 @@ def _merged(layout: _Layout, now: str) -> str:
                 if can_be_null(nullable(clickhouse_type(column.type)))
                 else f"defaultValueOfArgumentType({value})"
             )
-            stored.append(f"{value} AS {name}")
-            checked.append(f"if({_live(expires, now)}, {value}, {empty}) AS {name}")
+            columns.append(f"if({_live(expires, now)}, {value}, {empty}) AS {name}")
     live = f"{LIVE_UNTIL} > {now} AS _cdc_live"
-    return (
-        f"SELECT {_list([*stored, live])} FROM {layout.state} FINAL WHERE {FIRST_EXPIRY} > {now} "
-        f"UNION ALL SELECT {_list([*checked, live])} FROM {layout.state} FINAL WHERE {FIRST_EXPIRY} <= {now}"
-    )
+    return f"SELECT {_list([*columns, live])} FROM {layout.state} FINAL"
 
 
 def _view_settings(layout: _Layout) -> dict[str, int]:
