@@ -56,7 +56,7 @@ from cdc_assets.cassandra_schema.tables import SchemaRegistry, TableSchema
 from cdc_assets.commitlog.generator.workload import Workload, generate, realistic_table
 from cdc_assets.commitlog.reader import CommitLogReader
 from cdc_assets.destinations.clickhouse.types import quote
-from cdc_assets.destinations.postgres.destination import ident
+from cdc_assets.destinations.postgres.layout import ident
 
 DEFAULT_POSTGRES_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 SEGMENT_SIZE = 32 << 20

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
 from cdc_assets.change_batch import build_change_batch
-from cdc_assets.destinations.postgres.destination import DEAD, PostgresDestination, ident
+from cdc_assets.destinations.postgres.destination import PostgresDestination
+from cdc_assets.destinations.postgres.layout import DEAD, ident
 from cdc_assets.destinations.postgres.staging import shown_name, shown_until_name
 from cdc_assets.destinations.timescale.destination import TimescaleDestination
 from cdc_assets_tests import strategies

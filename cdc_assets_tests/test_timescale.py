@@ -21,7 +21,7 @@ from cdc_assets.cassandra_schema.types import parse_type
 from cdc_assets.change_batch import build_change_batch
 from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations.base import PermanentDestinationError
-from cdc_assets.destinations.postgres.destination import PgTableSql
+from cdc_assets.destinations.postgres.layout import PgTableSql
 from cdc_assets.destinations.timescale.destination import TimescaleDestination, history_ddl, hypertable_sql
 from cdc_assets_tests.test_postgres import EVERY_EXPECTED, EVERY_TYPE, EVERY_VALUE, SIMPLE, cell, elements, row
 

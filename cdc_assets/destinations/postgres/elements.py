@@ -287,7 +287,7 @@ def present(cql: CqlType, kept: pa.Table, owners: np.ndarray, count: int, droppe
     """Per owner, the presented value of its elements (``reduce``'s) as PostgreSQL's text input of
     ``postgres.types.pg_type(cql)``, every element held included (live and expiring; not tombstones nor what a
     drop of the column hides), in the column's order; and its first element expiry. What the SQL function
-    ``PgTableSql._present_function`` computes from the stored jsonb, spelt here from the Arrow elements.
+    ``postgres.layout.PgTableSql.present_function`` computes from the stored jsonb, spelt here from the Arrow elements.
 
     ``spelt`` is False for an owner whose value this cannot spell (a list of text holding a control
     character): PostgreSQL computes that one."""

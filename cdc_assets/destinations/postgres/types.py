@@ -37,7 +37,7 @@ timestamps (``2024-05-01T12:00:00.000Z``), dates (``2024-05-01``), times (``12:0
 written as their JSON text (``{"1": "a"}`` for ``map<int, text>``).
 
 Hidden storage columns keep each cell's write time and the serialized CQL bytes some types need for
-Cassandra's tie-break; see ``postgres.destination``.
+Cassandra's tie-break; see ``postgres.merge``.
 """
 
 from __future__ import annotations

@@ -44,16 +44,9 @@ from cdc_assets.dead_letters import DeadLetterStore
 from cdc_assets.destinations.base import PermanentDestinationError
 from cdc_assets.destinations.postgres import binary as pg_binary
 from cdc_assets.destinations.postgres import staging as st
-from cdc_assets.destinations.postgres.destination import (
-    PIECE_CHANGES,
-    PgTableSql,
-    PostgresDestination,
-    Step,
-    drop_stage_step,
-    ident,
-    stage_steps,
-    wire_type,
-)
+from cdc_assets.destinations.postgres.destination import PIECE_CHANGES, PostgresDestination
+from cdc_assets.destinations.postgres.layout import PgTableSql, ident
+from cdc_assets.destinations.postgres.load import Step, drop_stage_step, stage_steps, wire_type
 
 log = logging.getLogger(__name__)
 
