@@ -144,6 +144,18 @@ def test_the_view_reads_only_the_merged_rows_and_finds_a_partition_by_its_index(
     assert not any(other in lookup for other in ("__partdel", "__rangedel", "__changes")), lookup
 
 
+def test_once_vacuumed_the_views_count_is_an_index_only_scan_of_the_rows_alive_until(
+    destination: PostgresDestination, pg_dsn: str
+):
+    load(destination, [*rows(5, 1, 2, 3), range_deletion(2, 2, 10)], "1")
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        connection.execute("VACUUM ANALYZE ks.simple__rows")
+        connection.execute("SET enable_seqscan = off")
+        counted = "\n".join(line for (line,) in connection.execute("EXPLAIN SELECT count(*) FROM ks.simple"))
+        assert connection.execute("SELECT count(*) FROM ks.simple").fetchone() == (2,)
+    assert "Index Only Scan using simple__rows_alive" in counted, counted
+
+
 def test_a_collection_is_presented_from_its_stored_value_until_its_first_element_expires(
     destination: PostgresDestination, pg_dsn: str
 ):

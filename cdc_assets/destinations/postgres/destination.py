@@ -311,6 +311,8 @@ class PostgresDestination:
             for name, _, _, marker in columns:
                 # The marker is hex digits: nothing to escape.
                 cursor.execute(f"COMMENT ON COLUMN {sql.name(suffix)}.{ident(name)} IS '{marker}'")
+        for statement in sql.alive_index_ddl():
+            cursor.execute(statement)
         cursor.execute(
             "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
