@@ -1,0 +1,156 @@
+"""The read side: the current-state view's SQL (:func:`current_state_sql`), one read of the merged state
+table (``clickhouse.state``) deciding what depends on the time of reading, and the pieces of the query
+``current_state`` runs through it (the narrowing to some partitions, ``now`` in epoch seconds).
+
+The view reads the state once: each simple cell's expiry is checked against ``now``; a collection's live
+elements are presented again only in rows where one has expired (``_cdc_first_expiry`` passed), the others
+show the presented value as stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cdc_assets.cassandra_schema.tables import TableSchema
+from cdc_assets.destinations.clickhouse.layout import (
+    FIRST_EXPIRY,
+    LIVE_UNTIL,
+    STATIC,
+    Layout,
+    expires_column,
+    expiring_column,
+    presented_column,
+    sql_list,
+    state_elements_column,
+    value_column,
+)
+from cdc_assets.destinations.clickhouse.state import complex_value
+from cdc_assets.destinations.clickhouse.types import can_be_null, clickhouse_type, literal, nullable, quote
+
+
+def current_state_sql(layout: Layout, now: str) -> str:
+    """The SELECT giving ``layout``'s table as Cassandra returns it, ``now`` being an SQL DateTime expression."""
+    table = layout.table
+    merged = f"({_merged(layout, now)})"
+    if not table.statics:
+        columns = sql_list(quote(c.name) for c in table.partition_key + table.clustering + table.regulars)
+        return f"SELECT {columns} FROM {merged} WHERE _cdc_live AND NOT {STATIC}"
+    # Each live row shows its partition's static values; a partition with live static values but no
+    # live row shows as one row of its own, without clustering.
+    keys = sql_list(quote(c.name) for c in table.partition_key)
+    window = f"OVER (PARTITION BY {keys})"
+    clustering = []
+    for column in table.clustering:
+        name = quote(column.name)
+        storage = clickhouse_type(column.type)
+        if can_be_null(nullable(storage)):
+            clustering.append(f"if({STATIC}, NULL, {name}) AS {name}")
+        else:
+            clustering.append(f"if({STATIC}, defaultValueOfTypeName({literal(storage)}), {name}) AS {name}")
+    statics = []
+    for column in table.statics:
+        name = quote(column.name)
+        statics.append(f"anyIf({name}, {STATIC} AND _cdc_live) {window} AS {name}")
+    per_partition = sql_list(
+        [
+            keys,
+            *clustering,
+            *statics,
+            *(quote(c.name) for c in table.regulars),
+            STATIC,
+            "_cdc_live",
+            f"countIf(_cdc_live AND NOT {STATIC}) {window} AS _cdc_live_rows",
+        ]
+    )
+    columns = sql_list(quote(c.name) for c in table.partition_key + table.clustering + table.statics + table.regulars)
+    return (
+        f"SELECT {columns} FROM (SELECT {per_partition} FROM {merged}) "
+        f"WHERE _cdc_live AND (NOT {STATIC} OR _cdc_live_rows = 0)"
+    )
+
+
+def _merged(layout: Layout, now: str) -> str:
+    """Per row (and per partition's static row) in the merged state table: visible values at ``now``, and
+    whether the row is live.
+
+    One read of the state: a simple cell shows its stored value while its expiry is after ``now``; a
+    collection shows its presented value, unless it holds expiring elements and the row's first expiry has
+    passed: only then (rarely, and evaluated for those rows alone: ``if`` is short-circuit) are its live
+    elements presented again.
+    """
+    table = layout.table
+    group = sql_list(quote(c.name) for c in [*table.partition_key, *table.clustering])
+    columns = [group, STATIC]
+    for column in table.value_columns:
+        name = quote(column.name)
+        if column.type.is_complex:
+            elements = quote(state_elements_column(column.name))
+            live = f"arrayFilter(_e -> {_live('tupleElement(_e, 5)', now)}, {elements})"
+            expiring = quote(expiring_column(column.name))
+            presented = quote(presented_column(column.name))
+            recompute = f"{expiring} AND {FIRST_EXPIRY} <= {now}"
+            columns.append(f"if({recompute}, {complex_value(column, live)}, {presented}) AS {name}")
+        elif column.type.kind == "counter":
+            columns.append(f"{quote(value_column(column.name))} AS {name}")
+        else:
+            expires = quote(expires_column(column.name))
+            value = quote(value_column(column.name))
+            empty = (
+                "NULL"
+                if can_be_null(nullable(clickhouse_type(column.type)))
+                else f"defaultValueOfArgumentType({value})"
+            )
+            columns.append(f"if({_live(expires, now)}, {value}, {empty}) AS {name}")
+    live = f"{LIVE_UNTIL} > {now} AS _cdc_live"
+    return f"SELECT {sql_list([*columns, live])} FROM {layout.state} FINAL"
+
+
+def _live(expires_at: str, now: str) -> str:
+    return f"(isNull({expires_at}) OR {expires_at} > {now})"
+
+
+# Partition key types whose canonical values spell a ClickHouse literal of the stored type without conversion.
+_LITERAL_KEY_KINDS = frozenset({"ascii", "text", "boolean", "tinyint", "smallint", "int", "bigint", "uuid", "timeuuid"})
+
+# Room for the key literals in one query: ClickHouse refuses queries longer than max_query_size (256 KiB).
+_MAX_FILTER_CHARS = 128 << 10
+
+
+def partition_filter(table: TableSchema, keys: Collection[Sequence[Any]]) -> str:
+    """A WHERE clause narrowing a current-state SELECT to ``keys``' partitions, on the key columns of plain types.
+
+    Each column is matched against its own set of values, so a key of several columns selects a superset
+    of the partitions (``current_state`` keeps the exact ones); columns of other types are left out, and so
+    is every column once the literals would make the query too long.
+    """
+    if not keys:
+        return " WHERE false"
+    clauses: list[str] = []
+    for index, column in enumerate(table.partition_key):
+        kind = column.type.kind
+        if kind not in _LITERAL_KEY_KINDS:
+            continue
+        values = sorted({values[index] for values in keys})
+        if kind in ("ascii", "text"):
+            spelled = [literal(v) for v in values]
+        elif kind in ("uuid", "timeuuid"):
+            spelled = [f"toUUID({literal(v)})" for v in values]
+        elif kind == "boolean":
+            spelled = ["true" if v else "false" for v in values]
+        else:
+            spelled = [str(int(v)) for v in values]
+        clauses.append(f"{quote(column.name)} IN ({', '.join(spelled)})")
+    if not clauses or sum(map(len, clauses)) > _MAX_FILTER_CHARS:
+        return ""
+    return f" WHERE {' AND '.join(clauses)}"
+
+
+def epoch_seconds(now: Any) -> int:
+    if now is None:
+        return int(time.time())
+    if isinstance(now, datetime):
+        return int((now if now.tzinfo else now.replace(tzinfo=UTC)).timestamp())
+    return int(now)
