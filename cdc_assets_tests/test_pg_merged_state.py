@@ -156,6 +156,13 @@ def test_once_vacuumed_the_views_count_is_an_index_only_scan_of_the_rows_alive_u
     assert "Index Only Scan using simple__rows_alive" in counted, counted
 
 
+def test_autovacuum_visits_the_merged_state_after_loads_of_a_few_percent(destination: PostgresDestination, pg_dsn: str):
+    load(destination, rows(5, 1), "1")
+    for table in ("ks.simple__rows", "ks.simple__static"):
+        (options,) = query(pg_dsn, "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", table)[0]
+        assert {"autovacuum_vacuum_scale_factor=0.02", "autovacuum_vacuum_insert_scale_factor=0.02"} <= set(options)
+
+
 def test_a_collection_is_presented_from_its_stored_value_until_its_first_element_expires(
     destination: PostgresDestination, pg_dsn: str
 ):

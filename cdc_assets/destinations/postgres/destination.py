@@ -53,6 +53,7 @@ from cdc_assets.destinations.cassandra_values import canonical_rows, row_sort_ke
 from cdc_assets.destinations.postgres import staging as st
 from cdc_assets.destinations.postgres import types as pg_types
 from cdc_assets.destinations.postgres.layout import (
+    AUTOVACUUM,
     LAYOUT_MARKER,
     NOW_SETTING,
     PgTableSql,
@@ -313,6 +314,11 @@ class PostgresDestination:
                 cursor.execute(f"COMMENT ON COLUMN {sql.name(suffix)}.{ident(name)} IS '{marker}'")
         for statement in sql.alive_index_ddl():
             cursor.execute(statement)
+        for suffix in ("__rows", "__static"):
+            cursor.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", [sql.name(suffix)])
+            # Only when missing: ALTER TABLE waits for a running autovacuum of the table.
+            if not set(AUTOVACUUM) <= set(cursor.fetchone()[0] or ()):  # type: ignore[index]
+                cursor.execute(sql.autovacuum_ddl(suffix))
         cursor.execute(
             "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",

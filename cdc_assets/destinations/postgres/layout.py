@@ -76,6 +76,8 @@ ALIVE_UNTIL = "_cdc_alive_until"
 LAYOUT_MARKER = "cdc_assets merged state 1"
 NOW_SETTING = "cdc_assets.now"
 MAX_IDENTIFIER_BYTES = 63
+# Storage options of the merged state tables (``autovacuum_ddl``), as pg_class.reloptions spells them.
+AUTOVACUUM = ("autovacuum_vacuum_scale_factor=0.02", "autovacuum_vacuum_insert_scale_factor=0.02")
 _SUFFIXES = ("__rows", "__static", "__partdel", "__rangedel", "__rows_alive", "__static_alive")
 
 
@@ -155,6 +157,12 @@ class PgTableSql:
             f"ON {self.name(suffix)} ({ALIVE_UNTIL})"
             for suffix in ("__rows", "__static")
         ]
+
+    def autovacuum_ddl(self, suffix: str) -> str:
+        """The statement making autovacuum visit storage table ``suffix`` after every load of a few percent
+        of its rows (PostgreSQL's default waits for a fifth): until it has, the pages a load wrote are not
+        all-visible and ``count(*)`` cannot be answered from the ``_cdc_alive_until`` index alone."""
+        return f"ALTER TABLE {self.name(suffix)} SET ({', '.join(AUTOVACUUM)})"
 
     def derived_columns(self, suffix: str) -> list[tuple[str, str, str]]:
         """The generated columns of storage table ``suffix`` (``__rows``, ``__static``), as (name, type,
