@@ -34,10 +34,14 @@ from cdc_assets.destinations.clickhouse.types import can_be_null, clickhouse_typ
 def current_state_sql(layout: Layout, now: str) -> str:
     """The SELECT giving ``layout``'s table as Cassandra returns it, ``now`` being an SQL DateTime expression."""
     table = layout.table
-    merged = f"({_merged(layout, now)})"
     if not table.statics:
-        columns = sql_list(quote(c.name) for c in table.partition_key + table.clustering + table.regulars)
-        return f"SELECT {columns} FROM {merged} WHERE _cdc_live AND NOT {STATIC}"
+        # One flat SELECT: every level of query costs chdb planning time, which dominates a lookup.
+        keys = [quote(c.name) for c in table.partition_key + table.clustering]
+        return (
+            f"SELECT {sql_list([*keys, *_values(layout, now)])} FROM {layout.state} FINAL "
+            f"WHERE {LIVE_UNTIL} > {now} AND NOT {STATIC}"
+        )
+    merged = f"({_merged(layout, now)})"
     # Each live row shows its partition's static values; a partition with live static values but no
     # live row shows as one row of its own, without clustering.
     keys = sql_list(quote(c.name) for c in table.partition_key)
@@ -74,17 +78,23 @@ def current_state_sql(layout: Layout, now: str) -> str:
 
 def _merged(layout: Layout, now: str) -> str:
     """Per row (and per partition's static row) in the merged state table: visible values at ``now``, and
-    whether the row is live.
-
-    One read of the state: a simple cell shows its stored value while its expiry is after ``now``; a
-    collection shows its presented value, unless it holds expiring elements and the row's first expiry has
-    passed: only then (rarely, and evaluated for those rows alone: ``if`` is short-circuit) are its live
-    elements presented again.
-    """
+    whether the row is live."""
     table = layout.table
     group = sql_list(quote(c.name) for c in [*table.partition_key, *table.clustering])
-    columns = [group, STATIC]
-    for column in table.value_columns:
+    live = f"{LIVE_UNTIL} > {now} AS _cdc_live"
+    return f"SELECT {sql_list([group, STATIC, *_values(layout, now), live])} FROM {layout.state} FINAL"
+
+
+def _values(layout: Layout, now: str) -> list[str]:
+    """Each value column as visible at ``now``, read once from the merged state.
+
+    A simple cell shows its stored value unless its expiry is at or before ``now`` (a NULL expiry, never,
+    makes the condition NULL, which ``if`` takes as false); a collection shows its presented value, unless it
+    holds expiring elements and the row's first expiry has passed: only then (rarely, and evaluated for those
+    rows alone: ``if`` is short-circuit) are its live elements presented again.
+    """
+    values = []
+    for column in layout.table.value_columns:
         name = quote(column.name)
         if column.type.is_complex:
             elements = quote(state_elements_column(column.name))
@@ -92,9 +102,9 @@ def _merged(layout: Layout, now: str) -> str:
             expiring = quote(expiring_column(column.name))
             presented = quote(presented_column(column.name))
             recompute = f"{expiring} AND {FIRST_EXPIRY} <= {now}"
-            columns.append(f"if({recompute}, {complex_value(column, live)}, {presented}) AS {name}")
+            values.append(f"if({recompute}, {complex_value(column, live)}, {presented}) AS {name}")
         elif column.type.kind == "counter":
-            columns.append(f"{quote(value_column(column.name))} AS {name}")
+            values.append(f"{quote(value_column(column.name))} AS {name}")
         else:
             expires = quote(expires_column(column.name))
             value = quote(value_column(column.name))
@@ -103,9 +113,8 @@ def _merged(layout: Layout, now: str) -> str:
                 if can_be_null(nullable(clickhouse_type(column.type)))
                 else f"defaultValueOfArgumentType({value})"
             )
-            columns.append(f"if({_live(expires, now)}, {value}, {empty}) AS {name}")
-    live = f"{LIVE_UNTIL} > {now} AS _cdc_live"
-    return f"SELECT {sql_list([*columns, live])} FROM {layout.state} FINAL"
+            values.append(f"if({expires} <= {now}, {empty}, {value}) AS {name}")
+    return values
 
 
 def _live(expires_at: str, now: str) -> str:
