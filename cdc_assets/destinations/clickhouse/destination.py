@@ -4,7 +4,7 @@
 tables and their columns, described there; which type changes a stored column can take), ``load`` (a change
 batch as the Arrow tables inserted into the append-only history tables, and the changes the destination
 refuses), ``state`` (the merge run after each load: the merged-state query recomputing, from their whole
-history, the partitions a load touched) and ``read`` (the current-state view's SQL, deciding what depends on
+history, the rows a load touched) and ``read`` (the current-state view's SQL, deciding what depends on
 the time of reading); ``types`` maps CQL types and values to ClickHouse's. It holds the connection,
 ``ensure_table`` (creating and evolving the storage, the state table and the view), the load (inserts, the
 load's record, the state's recomputation), the dead letters, the load ledger and ``current_state``.
@@ -20,7 +20,7 @@ that computed it: storage from an earlier version (no state table) or a layout t
 added, dropped, re-added) has the state refilled from the whole history on first use. Storage tables
 created unsorted by an earlier version stay unsorted (ClickHouse cannot re-sort a table in place); their
 state is still correct, each load's recomputation scans their whole history. A process with an
-out-of-date schema recomputes partitions without the columns it does not know (they take their defaults
+out-of-date schema recomputes rows without the columns it does not know (they take their defaults
 until a process with the newer schema refills the state).
 
 Loads go through clickhouse-connect's ``insert_arrow``, over HTTP to a server or, with a ``chdb://`` DSN,
@@ -78,7 +78,7 @@ from cdc_assets.destinations.clickhouse.layout import (
 )
 from cdc_assets.destinations.clickhouse.load import ipc_bytes, refused_changes, storage_tables, unloadable_columns
 from cdc_assets.destinations.clickhouse.read import current_state_sql, epoch_seconds, partition_filter
-from cdc_assets.destinations.clickhouse.state import merged_state, touched, view_settings
+from cdc_assets.destinations.clickhouse.state import EVERYTHING, Scope, merged_state, touched, view_settings
 from cdc_assets.destinations.clickhouse.types import from_clickhouse, literal, quote, without_variants
 
 DEFAULT_DSN = "chdb://memory"
@@ -88,7 +88,7 @@ _COLUMNS_QUERY = "SELECT name, comment FROM system.columns WHERE database = {db:
 # ClickHouse error codes worth a retry: timeouts, network, memory, too many parts/queries, aborted.
 _TRANSIENT_CODES = frozenset({159, 160, 164, 202, 203, 209, 210, 236, 241, 242, 252, 319, 394, 425, 439, 473, 999})
 
-# Past this many loads to catch up with, the state table is recomputed whole rather than by partition.
+# Past this many loads to catch up with, the state table is recomputed whole rather than row by row.
 _MAX_SCOPED_LOADS = 1000
 
 # ClickHouse's Arrow writer cannot put its arrow.uuid extension inside a Variant; 16 plain bytes it can.
@@ -257,7 +257,7 @@ class ClickHouseDestination:
             self._catch_up(layout)
             return
         pending = self._pending(layout)
-        self._compute_state(layout, "true")
+        self._compute_state(layout, EVERYTHING)
         self._mark_computed(layout, pending)
         self._command(f"ALTER TABLE {layout.state} MODIFY COMMENT {literal(signature)}")
 
@@ -270,7 +270,7 @@ class ClickHouseDestination:
         return self._described[sql]
 
     def _pending(self, layout: Layout) -> list[str]:
-        """Recorded loads whose partitions the state table has not been recomputed for yet."""
+        """Recorded loads whose rows the state table has not been recomputed for yet."""
         rows = self._query(
             f"SELECT load_id FROM {layout.loads} WHERE `table` = {{t:String}} AND load_id NOT IN "
             f"(SELECT load_id FROM {layout.state_loads} WHERE `table` = {{t:String}})",
@@ -279,17 +279,17 @@ class ClickHouseDestination:
         return [row[0] for row in rows]
 
     def _catch_up(self, layout: Layout) -> None:
-        """Recompute the state of the partitions every recorded but not yet computed load touched."""
+        """Recompute the state of the rows every recorded but not yet computed load touched."""
         pending = self._pending(layout)
         if not pending:
             return
-        scope = "true" if len(pending) > _MAX_SCOPED_LOADS else touched(layout, pending)
+        scope = EVERYTHING if len(pending) > _MAX_SCOPED_LOADS else touched(layout, pending)
         self._compute_state(layout, scope)
         self._mark_computed(layout, pending)
 
-    def _compute_state(self, layout: Layout, scope: str) -> None:
-        """Insert the state of the partitions ``scope`` selects, computed from their whole loaded history, as a
-        new version that replaces every earlier one."""
+    def _compute_state(self, layout: Layout, scope: Scope) -> None:
+        """Insert the state of the rows ``scope`` selects, computed from their whole loaded history, as a new
+        version that replaces every earlier one."""
         # The columns this layout computes; any others (kept for a newer schema) take their defaults.
         values = [row[0] for row in self._describe(layout)]
         columns = sql_list(quote(n) for n in [STATE_VERSION, *values])

@@ -7,7 +7,7 @@ Storage, per Cassandra table ``ks.t``, in the ClickHouse database ``<database_pr
 ==========================  ====================================================================================
 ``t``                       a view: the table's current state, what ``SELECT * FROM ks.t`` returns in Cassandra
 ``t__cdc_state``            ReplacingMergeTree(``_cdc_version``) ordered by (partition key, ``_cdc_static``,
-                            clustering): per row, the merge of its partition's whole loaded history, except what
+                            clustering): per row, the merge of its whole loaded history and its partition's, except what
                             depends on the time of reading (``clickhouse.state``)
 ``t__cdc_rows``             MergeTree, append-only: one row per row or static-row change: its key, clustering,
                             row liveness (write time, expiry), row deletion and, per simple column, the value
@@ -21,7 +21,7 @@ Storage, per Cassandra table ``ks.t``, in the ClickHouse database ``<database_pr
                             counter's tombstones are ``_cdc_deleted:<c>`` in ``t__cdc_rows``)
 ``t__cdc_deletions``        MergeTree, append-only: partition and range deletions (bounds per clustering column)
 ``_cdc_loads``              one row per committed load: table, load id, rows, first and last source position
-``_cdc_state_loads``        one row per load whose partitions ``t__cdc_state`` has been recomputed for
+``_cdc_state_loads``        one row per load whose rows ``t__cdc_state`` has been recomputed for
 ==========================  ====================================================================================
 
 Nothing is updated in place in the history tables (``__cdc_rows``, ``__cdc_elements``, ``__cdc_shards``,

@@ -1,5 +1,5 @@
-"""The merge run after each load: :func:`merged_state`, the query computing the merged state of the
-partitions a scope selects (:func:`touched`: those some loads wrote to) from their whole loaded history,
+"""The merge run after each load: :func:`merged_state`, the query computing the merged state of the rows
+a :class:`Scope` selects (:func:`touched`: those some loads wrote to or deleted) from their whole loaded history,
 which the destination inserts into ``t__cdc_state`` (``clickhouse.layout`` describes the tables).
 
 The merge of one partition's history follows Cassandra's rules: per cell, ``argMax`` over (write time,
@@ -8,24 +8,26 @@ it is newer than every deletion covering it and not expired (``expires_at > now(
 counter is the sum of its leaders' shards, each the ``argMax`` by (clock, count, write time) per counter id
 and visible when newer than the deletions covering it; a counter tombstone hides it, whatever the write times.
 
-Merge on write, read like a table: after a load is recorded, the merged state of every partition it
-touched is recomputed from that partition's whole loaded history and inserted into ``t__cdc_state`` with
+Merge on write, read like a table: after a load is recorded, the merged state of every row it touched (every
+row of a partition it deleted from) is recomputed from the row's whole loaded history (and its partition's
+deletions) and inserted into ``t__cdc_state`` with
 ``_cdc_version = now64(9)``; the newest version of a row replaces the older ones, and each load runs one
 merge step (``OPTIMIZE``, not ``FINAL``: that would rewrite the whole state on every load) so that the
 view's ``FINAL`` has few parts to merge. Because a state is
-a function of the whole recorded history of its partition, arrival order, replays and duplicates cannot
+a function of the whole recorded history of its row and partition, arrival order, replays and duplicates cannot
 change it. A row that died is written too (live until the epoch), so it replaces its live version. What
 depends on ``now`` stays in the view (``clickhouse.read``): the state keeps each cell's value with its expiry,
 each complex column's surviving elements with their expiries (and the collection as presented, when none
 expires), each row's ``_cdc_live_until`` (when its last live cell or liveness expires) and
 ``_cdc_first_expiry`` (when its first cell does). The trade-off: a
-load pays for recomputing its partitions (in proportion to their history, not the table's) and for the
+load pays for recomputing its rows (in proportion to their history, not the table's) and for the
 merge of the state table; reads no longer grow with the history.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cdc_assets import change_batch as cb
 from cdc_assets.cassandra_schema.tables import Column
@@ -84,24 +86,36 @@ _NEVER = "toDateTime(0, 'UTC')"
 _FOREVER = "toDateTime(4294967295, 'UTC')"
 
 
-def merged_state(layout: Layout, scope: str = "true") -> str:
-    """Per row (and per partition's static row) of the partitions ``scope`` selects, what does not depend on
-    the time of reading: each cell's value with whether it survives every deletion and its expiry, the row
-    marker's, each complex column's surviving elements (with their expiries), each counter's sum."""
+@dataclass(frozen=True)
+class Scope:
+    """Which rows a computation of the merged state covers: ``rows`` selects rows (and static rows) of the
+    history tables that carry the primary key, ``partitions`` the partitions whose deletions they need."""
+
+    rows: str = "true"
+    partitions: str = "true"
+
+
+EVERYTHING = Scope()
+
+
+def merged_state(layout: Layout, scope: Scope = EVERYTHING) -> str:
+    """Per row (and per partition's static row) ``scope`` selects, what does not depend on the time of
+    reading: each cell's value with whether it survives every deletion and its expiry, the row marker's, each
+    complex column's surviving elements (with their expiries), each counter's sum."""
     table = layout.table
     keys = [quote(c.name) for c in table.partition_key]
     clustering = [quote(c.name) for c in table.clustering]
     group = sql_list([*keys, STATIC, *clustering])
-    source = f"({_rows_aggregate(layout, group, scope)}) AS _cdc_g"
-    source += f" LEFT JOIN ({_partition_deletions(layout, scope)}) AS _cdc_p USING ({sql_list(keys)})"
+    source = f"({_rows_aggregate(layout, group, scope.rows)}) AS _cdc_g"
+    source += f" LEFT JOIN ({_partition_deletions(layout, scope.partitions)}) AS _cdc_p USING ({sql_list(keys)})"
     hidden = ["ifNull(_cdc_row_hidden, {0})", "ifNull(_cdc_partition_hidden, {0})"]
     if clustering:
         source += f" LEFT JOIN ({_range_deletions(layout, scope)}) AS _cdc_rd USING ({group})"
         hidden.append("ifNull(_cdc_range_hidden, {0})")
     if layout.complex:
-        source += f" LEFT JOIN ({_elements_aggregate(layout, group, scope)}) AS _cdc_e USING ({group})"
+        source += f" LEFT JOIN ({_elements_aggregate(layout, group, scope.rows)}) AS _cdc_e USING ({group})"
     if layout.counters:
-        source += f" LEFT JOIN ({_shards_aggregate(layout, group, scope)}) AS _cdc_s USING ({group})"
+        source += f" LEFT JOIN ({_shards_aggregate(layout, group, scope.rows)}) AS _cdc_s USING ({group})"
     hidden_sql = f"greatest({sql_list(h.format(_NO_DELETION) for h in hidden)})"
     parts = [
         group,
@@ -161,13 +175,23 @@ def merged_state(layout: Layout, scope: str = "true") -> str:
     return f"SELECT {sql_list(parts)} FROM {source}"
 
 
-def touched(layout: Layout, load_ids: Sequence[str]) -> str:
-    """A condition selecting the partitions the loads ``load_ids`` wrote changes or deletions for."""
-    keys = sql_list(sort_key(c) for c in layout.table.partition_key)
+def touched(layout: Layout, load_ids: Sequence[str]) -> Scope:
+    """The rows whose merged state the loads ``load_ids`` can have changed: those they wrote, and every row of
+    a partition they deleted from (a partition or range deletion); the partitions of both, for the deletions.
+
+    Only deletions reach rows a load did not write, so a load recomputes the rows it touched, not their
+    partitions: a partition growing row by row (a time series) costs each load its new rows, not its history.
+    """
+    table = layout.table
+    keys = sql_list(sort_key(c) for c in table.partition_key)
+    row = sql_list([*(sort_key(c) for c in table.partition_key), STATIC, *(sort_key(c) for c in table.clustering)])
     ids = sql_list(literal(i) for i in load_ids)
-    return (
-        f"({keys}) IN (SELECT {keys} FROM {layout.rows} WHERE {LOAD_ID} IN ({ids}) "
-        f"UNION DISTINCT SELECT {keys} FROM {layout.deletions} WHERE {LOAD_ID} IN ({ids}))"
+    deleted = f"SELECT {keys} FROM {layout.deletions} WHERE {LOAD_ID} IN ({ids})"
+    return Scope(
+        rows=f"(({row}) IN (SELECT {row} FROM {layout.rows} WHERE {LOAD_ID} IN ({ids})) OR ({keys}) IN ({deleted}))",
+        partitions=(
+            f"({keys}) IN (SELECT {keys} FROM {layout.rows} WHERE {LOAD_ID} IN ({ids}) UNION DISTINCT {deleted})"
+        ),
     )
 
 
@@ -309,13 +333,16 @@ def _bound_condition(layout: Layout, side: str) -> str:
     return f"multiIf({sql_list(cases)}, false)"
 
 
-def _range_deletions(layout: Layout, scope: str) -> str:
+def _range_deletions(layout: Layout, scope: Scope) -> str:
     keys = sql_list(quote(c.name) for c in layout.table.partition_key)
     clustering = sql_list(quote(c.name) for c in layout.table.clustering)
     rows = (
-        f"SELECT DISTINCT {keys}, {clustering} FROM {layout.rows} WHERE {_loaded(layout)} AND {scope} AND NOT {STATIC}"
+        f"SELECT DISTINCT {keys}, {clustering} FROM {layout.rows} "
+        f"WHERE {_loaded(layout)} AND {scope.rows} AND NOT {STATIC}"
     )
-    ranges = f"SELECT * FROM {layout.deletions} WHERE {_loaded(layout)} AND {scope} AND {DELETION_KIND} = 'range'"
+    ranges = (
+        f"SELECT * FROM {layout.deletions} WHERE {_loaded(layout)} AND {scope.partitions} AND {DELETION_KIND} = 'range'"
+    )
     return (
         f"SELECT {keys}, false AS {STATIC}, {clustering}, toNullable(max({DELETION_WRITETIME})) AS _cdc_range_hidden "
         f"FROM ({rows}) AS _cdc_r INNER JOIN ({ranges}) AS _cdc_d USING ({keys}) "
