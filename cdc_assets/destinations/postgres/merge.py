@@ -108,11 +108,17 @@ def _staged_sql(sql: PgTableSql, stage: str, part: str, names: Sequence[str], co
     The load already removed what a row's own deletion hides and spelt its complex columns' presented
     values (``postgres.staging.reduce_parts``); only a row a stored deletion covers has its elements merged and
     presented here (in sub-selects: a function call costs each row even where it does not apply)."""
-    stored = ["p._cdc_deleted_at"]
+    # Each look-up only when its table holds any deletion (an init plan, evaluated once per statement, in the
+    # statement's snapshot): a table that never had a partition or range deletion pays no probe per row.
+    partdel, rangedel = sql.name("__partdel"), sql.name("__rangedel")
+    stored = [
+        f"CASE WHEN (SELECT EXISTS (SELECT FROM {partdel})) THEN (SELECT p._cdc_deleted_at FROM {partdel} p "
+        f"WHERE {sql.key_match('p', 's')}) END"
+    ]
     if part == st.PART_ROW:
         stored.append(
-            f"(SELECT max(d._cdc_deleted_at) FROM {sql.name('__rangedel')} d WHERE {sql.key_match('d', 's')} "
-            "AND d._cdc_low <= s._cdc_ck AND s._cdc_ck < d._cdc_high)"
+            f"CASE WHEN (SELECT EXISTS (SELECT FROM {rangedel})) THEN (SELECT max(d._cdc_deleted_at) FROM {rangedel} d "
+            f"WHERE {sql.key_match('d', 's')} AND d._cdc_low <= s._cdc_ck AND s._cdc_ck < d._cdc_high) END"
         )
     replaced = {
         "_cdc_deleted_at": f"nullif(h._cdc_f, {MIN_WRITETIME})",
@@ -139,7 +145,7 @@ def _staged_sql(sql: PgTableSql, stage: str, part: str, names: Sequence[str], co
     stored_floor = f"coalesce(greatest({', '.join(stored)}), {MIN_WRITETIME})"
     floor = "greatest(s._cdc_deleted_at, x._cdc_stored)"
     return (
-        f"SELECT {select} FROM {stage} s LEFT JOIN {sql.name('__partdel')} p ON {sql.key_match('p', 's')} "
+        f"SELECT {select} FROM {stage} s "
         # OFFSET 0 keeps the floors one computation per row, not one per cell that refers to them.
         f"CROSS JOIN LATERAL (SELECT {floor} AS _cdc_f, x._cdc_stored FROM (SELECT {stored_floor} AS _cdc_stored "
         f"OFFSET 0) x OFFSET 0) h WHERE s._cdc_part = '{part}'"
