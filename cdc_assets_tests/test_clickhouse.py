@@ -853,3 +853,53 @@ def test_a_load_recorded_before_its_state_was_computed_is_caught_up(clickhouse_f
     restarted = ClickHouseDestination(chdb_dsn, destination.database_prefix)
     load(restarted, KV, [row({"k": 2}, {"c": 1}, {"a": cell(2, 10)}, row_writetime=10)], "two")
     assert kv_state(restarted) == [(1, 1, 1, None), (2, 1, 2, None)]
+
+
+def _state_parts(destination: ClickHouseDestination, table: TableSchema) -> int:
+    database = destination.database(table)
+    return destination.client.query(
+        "SELECT count() FROM system.parts WHERE database = {db:String} AND table = {t:String} AND active",
+        parameters={"db": database, "t": table.name + "__cdc_state"},
+    ).result_rows[0][0]
+
+
+def _three_loads(destination: ClickHouseDestination) -> CassandraModel:
+    """Three loads touching one row again and again: a write, an overwrite with a TTL, a deletion of another row."""
+    model = CassandraModel(KV)
+    loads = [
+        [row({"k": 1}, {"c": 1}, {"a": cell(1, 10), "b": cell("x", 10)}), row({"k": 1}, {"c": 2}, {"a": cell(2, 10)})],
+        [
+            row({"k": 1}, {"c": 1}, {"a": cell(3, 20, expires_at=NOW_S + 30)}),
+            row({"k": 2}, {"c": 1}, {"a": cell(4, 20)}),
+        ],
+        [row({"k": 1}, {"c": 2}, deletion_writetime=30)],
+    ]
+    for number, changes in enumerate(loads):
+        model.apply(load(destination, KV, changes, f"load-{number}"))
+    return model
+
+
+def test_a_small_merged_state_is_one_part_after_every_load(clickhouse: ClickHouseDestination) -> None:
+    model = _three_loads(clickhouse)
+    assert _state_parts(clickhouse, KV) == 1
+    assert clickhouse.current_state(KV, now=NOW) == model.current_state(NOW)
+
+
+def test_past_merge_rows_the_state_keeps_its_parts_and_reads_the_same(
+    clickhouse_factory: Callable[[Path | None], ClickHouseDestination],
+) -> None:
+    destination = clickhouse_factory(None)
+    destination.merge_rows = 0
+    destination.ensure_table(KV)
+    # No background merge either: the view must read several parts right.
+    state = f"{quote(destination.database(KV))}.{quote(KV.name + '__cdc_state')}"
+    destination.client.command(f"SYSTEM STOP MERGES {state}")
+    model = _three_loads(destination)
+    assert _state_parts(destination, KV) > 1
+    for now in (NOW, datetime(2030, 1, 1, 0, 1, tzinfo=UTC)):
+        assert destination.current_state(KV, now=now) == model.current_state(now)
+    assert destination.current_state(KV, now=NOW) == [
+        {"k": 1, "c": 1, "a": 3, "b": "x"},
+        {"k": 2, "c": 1, "a": 4, "b": None},
+    ]
+    destination.close()

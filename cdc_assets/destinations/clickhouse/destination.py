@@ -90,6 +90,10 @@ _TRANSIENT_CODES = frozenset({159, 160, 164, 202, 203, 209, 210, 236, 241, 242, 
 
 # Past this many loads to catch up with, the state table is recomputed whole rather than row by row.
 _MAX_SCOPED_LOADS = 1000
+# A state table of at most this many rows is merged into one part after each load (``_compute_state``);
+# a larger one only when it has more than _STATE_PARTS active parts.
+MERGE_ROWS = 5_000_000
+_STATE_PARTS = 16
 
 # ClickHouse's Arrow writer cannot put its arrow.uuid extension inside a Variant; 16 plain bytes it can.
 _READ_SETTINGS = {"output_format_arrow_uuid_as_fixed_byte_array": 1}
@@ -100,6 +104,8 @@ class ClickHouseDestination:
 
     ``database_prefix`` is put in front of each keyspace's database name. ``dead_letters`` receives the
     changes the destination cannot take; without it such a batch fails with a permanent error.
+    ``merge_rows``: up to this size a table's merged state is merged into one part after every load (reads
+    need no merging); past it, merges are left to ClickHouse (``_compute_state`` says why).
     Writes are serialized per destination (chdb hosts one engine per process).
     """
 
@@ -112,8 +118,10 @@ class ClickHouseDestination:
         *,
         dead_letters: DeadLetterStore | None = None,
         settings: Mapping[str, Any] | None = None,
+        merge_rows: int = MERGE_ROWS,
     ):
         self.dsn = dsn
+        self.merge_rows = merge_rows
         self.database_prefix = database_prefix
         self.dead_letters = dead_letters
         self._settings = dict(settings or {})
@@ -299,9 +307,18 @@ class ClickHouseDestination:
         )
         settings = view_settings(layout)
         self._call(lambda: self.client.command(sql, settings=settings))
-        # One merge step per load, as the merge selector picks it (not FINAL: that rewrites the whole state,
-        # whatever the load's size): parts stay few, so the view's FINAL has little to merge.
-        self._command(f"OPTIMIZE TABLE {layout.state}")
+        # Each load adds a part, which the view's FINAL merges on every read until it is merged away. While the
+        # state is small, one merge step after the load folds it in (the selector merges all of a few parts:
+        # the whole state is rewritten), so reads find one part. Past ``merge_rows`` that rewrite would make
+        # every load cost in proportion to the table: ClickHouse's background merges take over, and a merge
+        # step is asked for only when parts pile up (a chdb process may not live long enough to merge).
+        parts, rows = self._query(
+            "SELECT count(), sum(rows) FROM system.parts WHERE database = {db:String} AND table = {t:String} "
+            "AND active",
+            {"db": layout.database, "t": layout.table.name + "__cdc_state"},
+        )[0]
+        if parts > 1 and (rows <= self.merge_rows or parts > _STATE_PARTS):
+            self._command(f"OPTIMIZE TABLE {layout.state}")
 
     def _mark_computed(self, layout: Layout, load_ids: list[str]) -> None:
         if load_ids:
