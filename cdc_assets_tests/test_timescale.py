@@ -142,11 +142,41 @@ def test_the_hypertable_path_partitions_on_write_time_with_the_configured_polici
     ]
 
 
-def test_the_hypertable_unique_index_includes_the_time_column_and_no_partitioning_is_declared():
+def test_the_hypertable_path_declares_no_partitioning_and_indexes_where_changes_were_read_with_brin():
     sql = PgTableSql(TABLE, "metrics", "_cdc")
     create, index = [s for s in history_ddl(sql, TABLE.value_columns, partitioned=False) if "CREATE" in s]
     assert "PARTITION BY" not in create
-    assert index.endswith("(_cdc_segment_id, _cdc_position, _cdc_key, _cdc_time)")
+    assert index.endswith("USING brin (_cdc_segment_id, _cdc_position)")
+
+
+def test_a_history_an_earlier_version_indexed_uniquely_loses_that_index_and_still_keeps_each_change_once(
+    pg_dsn: str,
+):
+    destination = TimescaleDestination(pg_dsn, allow_plain_postgres=True)
+    destination.ensure_table(TABLE)
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        connection.execute(
+            "CREATE UNIQUE INDEX readings__changes_key ON metrics.readings__changes "
+            "(_cdc_segment_id, _cdc_position, _cdc_key, _cdc_time)"
+        )
+    destination.close()
+    restarted = TimescaleDestination(pg_dsn, allow_plain_postgres=True)
+    writetime = micros(datetime(2024, 3, 1, tzinfo=UTC))
+    first = reading("a", 1, 1.0, writetime)
+    # The same change twice in one batch (delivered twice), then the whole batch again.
+    batch = build_change_batch(TABLE, [first, first, reading("a", 2, 2.0, writetime, 1)])
+    restarted.load(TABLE, batch, load_id="once")
+    restarted.load(TABLE, batch, load_id="again")
+    with psycopg.connect(pg_dsn) as connection:
+        indexes = connection.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'metrics' AND tablename = 'readings__changes'"
+        ).fetchall()
+        history = connection.execute(
+            "SELECT _cdc_position, at, value FROM metrics.readings__changes ORDER BY _cdc_position"
+        ).fetchall()
+    assert indexes == [("readings__changes_at",)]
+    assert history == [(0, 1, 1.0), (1, 2, 2.0)]
+    restarted.close()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ nothing of PostgreSQL's.
 The history is for time-series questions (what changed when), not for reconstructing reads: each load also
 appends its changes, unreduced, to ``"<table>__changes"``: one row per change part (``postgres.staging``
 describes the columns), with ``_cdc_time`` (the change's latest write time: the time dimension),
-``_cdc_segment_id``/``_cdc_position`` (where it was read) and ``_cdc_key`` (the part's kind and key). The
-unique index on those four makes a replay a no-op; it includes ``_cdc_time`` because TimescaleDB requires
-unique indexes to include the time column. A load is one transaction: per piece, PostgreSQL's merge, then
-a COPY of the piece's parts into the history (through a staging table and ``INSERT … ON CONFLICT DO
-NOTHING`` when the load may be a replay); then the load ledger's row. The trade-off: a load writes the
+``_cdc_segment_id``/``_cdc_position`` (where it was read) and ``_cdc_key`` (the part's kind and key). Those
+four identify a part: a replay appends only the parts the history does not hold (a BRIN index on where
+they were read finds them). A load is one transaction: per piece, PostgreSQL's merge, then
+a COPY of the piece's parts into the history (through a staging table and ``INSERT … WHERE NOT EXISTS``
+when the load may be a replay, or holds a part twice); then the load ledger's row. The trade-off: a load writes the
 changes twice (merged state and history), so it costs about what a PostgreSQL load costs plus an append.
 
 With the ``timescaledb`` extension the history is a hypertable (``chunk_interval``), compressed after
@@ -74,7 +74,11 @@ def _interval(delta: timedelta) -> str:
 
 
 def history_ddl(sql: PgTableSql, columns: Sequence[Column], *, partitioned: bool) -> list[str]:
-    """Statements creating (or widening) the history table and its unique index.
+    """Statements creating (or widening) the history table and its index on where each change was read.
+
+    A BRIN index (a summary per block range: changes are appended in log order) finds a replayed range of
+    positions for nearly nothing per appended row; the unique index earlier versions kept on (segment, position,
+    key, time) cost about a third of every COPY into the history and is dropped.
 
     ``partitioned``: declare it range-partitioned on the time column (plain PostgreSQL), rather than leave
     it to become a hypertable.
@@ -88,10 +92,11 @@ def history_ddl(sql: PgTableSql, columns: Sequence[Column], *, partitioned: bool
     additions = [f"ADD COLUMN IF NOT EXISTS {ident(n)} {pg}" for c in columns for n, pg in st.cell_columns(c)]
     if additions:
         statements.append(f"ALTER TABLE {history} " + ", ".join(additions))
-    statements.append(
-        f"CREATE UNIQUE INDEX IF NOT EXISTS {ident(sql.table.name + HISTORY_SUFFIX + '_key')} "
-        f"ON {history} ({SEGMENT}, {POSITION}, {KEY}, {TIME})"
-    )
+    statements += [
+        f"DROP INDEX IF EXISTS {ident(sql.schema)}.{ident(sql.table.name + HISTORY_SUFFIX + '_key')}",
+        f"CREATE INDEX IF NOT EXISTS {ident(sql.table.name + HISTORY_SUFFIX + '_at')} "
+        f"ON {history} USING brin ({SEGMENT}, {POSITION})",
+    ]
     return statements
 
 
@@ -287,7 +292,7 @@ class ChangeHistory:
         return [
             *steps,
             *stage_steps(stage, history, with_time),
-            Step(f"INSERT INTO {target} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING"),
+            Step(_append_new_sql(target, names, stage, piece)),
             drop_stage_step(stage),
         ]
 
@@ -370,11 +375,25 @@ class TimescaleDestination(PostgresDestination):
 
 def _copies_directly(history: Sequence[tuple[str, str]], table: pa.Table) -> bool:
     """Whether a piece's history rows can be COPYed into the history as they are: binary COPY spells every
-    column, and no change is there twice (the unique index would fail the COPY; staging skips it)."""
+    column, and no change is there twice (staging keeps one of each)."""
     if any(wire_type(pg, table.column(name)) != pg for name, pg in history):
         return False
     identity = [SEGMENT, POSITION, KEY, TIME]
     return table.select(identity).group_by(identity).aggregate([]).num_rows == table.num_rows
+
+
+def _append_new_sql(target: str, names: str, stage: str, piece: pa.RecordBatch) -> str:
+    """The statement appending the staged change parts the history does not hold yet, each once: a part is
+    identified by where it was read and its kind and key (and time). Only the segments the piece was read
+    from are searched (the BRIN index narrows them to their block ranges)."""
+    segments = pc.min_max(piece.column(cb.SEGMENT_ID))
+    low, high = int(segments["min"].as_py()), int(segments["max"].as_py())
+    identity = [SEGMENT, POSITION, KEY, TIME]
+    same = " AND ".join(f"h.{name} = s.{name}" for name in identity)
+    return (
+        f"INSERT INTO {target} ({names}) SELECT DISTINCT ON ({', '.join(identity)}) {names} FROM {stage} s "
+        f"WHERE NOT EXISTS (SELECT FROM {target} h WHERE h.{SEGMENT} BETWEEN {low} AND {high} AND {same})"
+    )
 
 
 def _copy_step(target: str, names: str, rows: pa.Table, types: Sequence[str]) -> Step:
