@@ -10,18 +10,17 @@ and visible when newer than the deletions covering it; a counter tombstone hides
 
 Merge on write, read like a table: after a load is recorded, the merged state of every row it touched (every
 row of a partition it deleted from) is recomputed from the row's whole loaded history (and its partition's
-deletions) and inserted into ``t__cdc_state`` with
-``_cdc_version = now64(9)``; the newest version of a row replaces the older ones, and each load runs one
-merge step (``OPTIMIZE``, not ``FINAL``: that would rewrite the whole state on every load) so that the
-view's ``FINAL`` has few parts to merge. Because a state is
-a function of the whole recorded history of its row and partition, arrival order, replays and duplicates cannot
-change it. A row that died is written too (live until the epoch), so it replaces its live version. What
-depends on ``now`` stays in the view (``clickhouse.read``): the state keeps each cell's value with its expiry,
-each complex column's surviving elements with their expiries (and the collection as presented, when none
-expires), each row's ``_cdc_live_until`` (when its last live cell or liveness expires) and
-``_cdc_first_expiry`` (when its first cell does). The trade-off: a
-load pays for recomputing its rows (in proportion to their history, not the table's) and for the
-merge of the state table; reads no longer grow with the history.
+deletions) and inserted into ``t__cdc_state`` with ``_cdc_version = now64(9)``; the newest version of a row
+replaces the older ones (while the state is small, the destination merges it into one part after each load,
+so the view's ``FINAL`` has nothing to merge). Because a state is a function of the whole recorded history of
+its row and partition, arrival order, replays and duplicates cannot change it. A row that died is written too
+(live until the epoch), so it replaces its live version. What depends on ``now`` stays in the view
+(``clickhouse.read``): the state keeps each cell's value with its expiry, each complex column as presented
+and, where one of its surviving elements expires, those elements with their expiries (for the view to
+present them again once one has expired), each row's ``_cdc_live_until`` (when its last live cell or liveness
+expires) and ``_cdc_first_expiry`` (when its first cell does). The trade-off: a load pays for recomputing its
+rows (in proportion to their history, not the table's) and for the merge of the state table; reads no longer
+grow with the history.
 """
 
 from __future__ import annotations
@@ -133,12 +132,14 @@ def merged_state(layout: Layout, scope: Scope = EVERYTHING) -> str:
             collection = f"ifNull({quote('_cdc_collection_hidden:' + column.name)}, {_NO_DELETION})"
             condition = f"tupleElement(_e, 3) > greatest({floor}, {collection}) AND NOT tupleElement(_e, 4)"
             elements = quote("_cdc_elements:" + column.name)
-            surviving = quote(state_elements_column(column.name))
-            parts.append(f"arrayFilter(_e -> {condition}, {elements}) AS {surviving}")
+            # Inlined, not aliased: the state keeps the surviving elements only where one expires (the view
+            # presents them again only then); elsewhere an empty array, which costs a read nothing.
+            surviving = f"arrayFilter(_e -> {condition}, {elements})"
             # Presented once here; the view recomputes it only for a collection with expiring elements.
             parts.append(f"{complex_value(column, surviving)} AS {quote(presented_column(column.name))}")
             expiring = quote(expiring_column(column.name))
             parts.append(f"arrayExists(_e -> isNotNull(tupleElement(_e, 5)), {surviving}) AS {expiring}")
+            parts.append(f"if({expiring}, {surviving}, []) AS {quote(state_elements_column(column.name))}")
             ends = f"arrayMap(_e -> ifNull(tupleElement(_e, 5), {_FOREVER}), {surviving})"
             until[column.name] = f"if(empty({surviving}), {_NEVER}, arrayMax({ends}))"
             first[column.name] = f"if(empty({surviving}), {_FOREVER}, arrayMin({ends}))"
