@@ -102,7 +102,7 @@ def _values(layout: Layout, now: str) -> list[str]:
             expiring = quote(expiring_column(column.name))
             presented = quote(presented_column(column.name))
             recompute = f"{expiring} AND {FIRST_EXPIRY} <= {now}"
-            values.append(f"if({recompute}, {complex_value(column, live)}, {presented}) AS {name}")
+            values.append(f"if({recompute}, {complex_value(column, live, ordered=True)}, {presented}) AS {name}")
         elif column.type.kind == "counter":
             values.append(f"{quote(value_column(column.name))} AS {name}")
         else:

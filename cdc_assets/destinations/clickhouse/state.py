@@ -133,13 +133,15 @@ def merged_state(layout: Layout, scope: Scope = EVERYTHING) -> str:
             condition = f"tupleElement(_e, 3) > greatest({floor}, {collection}) AND NOT tupleElement(_e, 4)"
             elements = quote("_cdc_elements:" + column.name)
             # Inlined, not aliased: the state keeps the surviving elements only where one expires (the view
-            # presents them again only then); elsewhere an empty array, which costs a read nothing.
+            # presents them again only then, in the order they are stored in); elsewhere an empty array, which
+            # costs a read nothing.
             surviving = f"arrayFilter(_e -> {condition}, {elements})"
             # Presented once here; the view recomputes it only for a collection with expiring elements.
             parts.append(f"{complex_value(column, surviving)} AS {quote(presented_column(column.name))}")
             expiring = quote(expiring_column(column.name))
             parts.append(f"arrayExists(_e -> isNotNull(tupleElement(_e, 5)), {surviving}) AS {expiring}")
-            parts.append(f"if({expiring}, {surviving}, []) AS {quote(state_elements_column(column.name))}")
+            ordered = presentation_order(column, surviving)
+            parts.append(f"if({expiring}, {ordered}, []) AS {quote(state_elements_column(column.name))}")
             ends = f"arrayMap(_e -> ifNull(tupleElement(_e, 5), {_FOREVER}), {surviving})"
             until[column.name] = f"if(empty({surviving}), {_NEVER}, arrayMax({ends}))"
             first[column.name] = f"if(empty({surviving}), {_FOREVER}, arrayMin({ends}))"
@@ -352,8 +354,22 @@ def _range_deletions(layout: Layout, scope: Scope) -> str:
     )
 
 
-def complex_value(column: Column, live: str) -> str:
-    """The visible value of a complex column from its live elements (path, value, ...) tuples."""
+def presentation_order(column: Column, elements: str) -> str:
+    """A complex column's (path, value, ...) element tuples in the order Cassandra presents them: a list by
+    its timeuuid paths, a set or map by its elements' or keys' comparator; a user type's fields as they are."""
+    cql = column.type
+    if cql.kind == "udt":
+        return elements
+    path = "tupleElement(_e, 1)"
+    if can_be_null(path_type(cql)):
+        path = f"assumeNotNull({path})"
+    key = CqlType("timeuuid") if cql.kind == "list" else cql.args[0]
+    return f"arraySort(_e -> {order_key_sql(key, path)}, {elements})"
+
+
+def complex_value(column: Column, live: str, *, ordered: bool = False) -> str:
+    """The visible value of a complex column from its live elements (path, value, ...) tuples; ``ordered``:
+    they are in :func:`presentation_order` already."""
     cql = column.type
     path = "tupleElement(_e, 1)"
     if can_be_null(path_type(cql)):
@@ -361,14 +377,14 @@ def complex_value(column: Column, live: str) -> str:
     value = "tupleElement(_e, 2)"
     if cql.kind != "udt" and cql.kind != "set" and can_be_null(nullable(clickhouse_type(cql.args[-1]))):
         value = f"assumeNotNull({value})"
+    if cql.kind in ("list", "set", "map") and not ordered:
+        live = presentation_order(column, live)
     if cql.kind == "list":
-        ordered = f"arraySort(_e -> {order_key_sql(CqlType('timeuuid'), path)}, {live})"
-        return f"arrayMap(_e -> {value}, {ordered})"
+        return f"arrayMap(_e -> {value}, {live})"
     if cql.kind == "set":
-        return f"arraySort(_x -> {order_key_sql(cql.args[0], '_x')}, arrayMap(_e -> {path}, {live}))"
+        return f"arrayMap(_e -> {path}, {live})"
     if cql.kind == "map":
-        ordered = f"arraySort(_e -> {order_key_sql(cql.args[0], path)}, {live})"
-        return f"mapFromArrays(arrayMap(_e -> {path}, {ordered}), arrayMap(_e -> {value}, {ordered}))"
+        return f"mapFromArrays(arrayMap(_e -> {path}, {live}), arrayMap(_e -> {value}, {live}))"
     items = []
     for name in cql.field_names:
         written = f"arrayFirst(_e -> tupleElement(_e, 1) = {literal(name)}, {live})"
