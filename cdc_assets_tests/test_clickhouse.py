@@ -903,3 +903,17 @@ def test_past_merge_rows_the_state_keeps_its_parts_and_reads_the_same(
         {"k": 2, "c": 1, "a": 4, "b": None},
     ]
     destination.close()
+
+
+def test_a_column_named_like_the_storages_own_is_refused_before_anything_is_created(
+    clickhouse: ClickHouseDestination,
+) -> None:
+    shadowing = make_table(
+        ("k", "int", "partition_key"), ("c", "int", "clustering"), ("_cdc_live_until", "int", "regular")
+    )
+    with pytest.raises(
+        PermanentDestinationError, match=r"'_cdc_live_until' of .*: names starting with _cdc_ are reserved"
+    ):
+        clickhouse.ensure_table(shadowing)
+    databases = clickhouse.client.query("SELECT name FROM system.databases").result_rows
+    assert (clickhouse.database(shadowing),) not in databases

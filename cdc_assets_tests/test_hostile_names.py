@@ -9,6 +9,8 @@ within one table, and long ones. PostgreSQL keeps identifiers of at most 63 byte
 silently: a schema (prefix and keyspace), table or column whose name, or whose storage name, would pass that
 is refused by ``ensure_table`` with an error naming it, as are column names the storage reserves (``_cdc_…``,
 a name equal to another column's hidden ``<name>__ts``); a table of short, unreserved names must be taken.
+ClickHouse refuses ``_cdc_…`` column names too (its storage and view name their own columns so), before it
+creates anything.
 
 For each destination: a canary table and the catalog are looked at before and after; the table (and its twin
 whose name differs only in case) is created and loaded; then its current state equals :class:`CassandraModel`'s,
@@ -72,6 +74,7 @@ _FRAGMENTS = (
     "__ts",
     "__rows",
     "_cdc_ck",
+    "_cdc_live_until",
 )
 _KEYWORDS = ("select", "order", "from", "user", "table", "Select", "ORDER", "group", "limit")
 
@@ -280,6 +283,14 @@ def test_clickhouse_keeps_every_hostile_name_and_runs_none(clickhouse_factory: A
         client.command(f"INSERT INTO {quote(canary)}.canary VALUES (1)")
         before = _ch_databases(destination)
         twin = _twin(table)
+        reserved = [c.name for c in table.columns if c.name.startswith("_cdc_")]
+        if reserved:
+            event("refused")
+            with pytest.raises(PermanentDestinationError, match="reserved") as refused:
+                destination.ensure_table(table)
+            assert repr(reserved[0]) in str(refused.value)
+            assert _ch_databases(destination) == before
+            return
         if twin is not None:
             destination.ensure_table(twin)
         assert_converges(destination, table, delivered)

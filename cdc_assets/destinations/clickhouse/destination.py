@@ -191,6 +191,13 @@ class ClickHouseDestination:
         return self._tables[table.qualified_name]
 
     def _evolve(self, table: TableSchema) -> TableState:
+        # The storage and the view name their own columns _cdc_…: a Cassandra column so named could collide
+        # with one, or shadow it in the view's SELECT (an alias wins over a column there). As in PostgreSQL.
+        for column in table.columns:
+            if column.name.startswith("_cdc_"):
+                raise PermanentDestinationError(
+                    f"column {column.name!r} of {table.qualified_name}: names starting with _cdc_ are reserved"
+                )
         database = self.database(table)
         self._command(f"CREATE DATABASE IF NOT EXISTS {quote(database)}")
         loads = f"{quote(database)}.{quote(LOADS_TABLE)}"
