@@ -136,11 +136,12 @@ def merged_state(layout: Layout, scope: Scope = EVERYTHING) -> str:
             # presents them again only then, in the order they are stored in); elsewhere an empty array, which
             # costs a read nothing.
             surviving = f"arrayFilter(_e -> {condition}, {elements})"
+            ordered = presentation_order(column, surviving)
             # Presented once here; the view recomputes it only for a collection with expiring elements.
-            parts.append(f"{complex_value(column, surviving)} AS {quote(presented_column(column.name))}")
+            presented = complex_value(column, ordered, ordered=True)
+            parts.append(f"{presented} AS {quote(presented_column(column.name))}")
             expiring = quote(expiring_column(column.name))
             parts.append(f"arrayExists(_e -> isNotNull(tupleElement(_e, 5)), {surviving}) AS {expiring}")
-            ordered = presentation_order(column, surviving)
             parts.append(f"if({expiring}, {ordered}, []) AS {quote(state_elements_column(column.name))}")
             ends = f"arrayMap(_e -> ifNull(tupleElement(_e, 5), {_FOREVER}), {surviving})"
             until[column.name] = f"if(empty({surviving}), {_NEVER}, arrayMax({ends}))"

@@ -58,6 +58,8 @@ TIME = "_cdc_time"
 SEGMENT = "_cdc_segment_id"
 POSITION = "_cdc_position"
 KEY = "_cdc_key"
+# What identifies a change part in the history: where it was read, its kind and key, its time.
+IDENTITY = [SEGMENT, POSITION, KEY, TIME]
 # The history's time column spans years 1-9999: write times past them (a client's nanoseconds, a counter
 # tombstone's maximum, a negative one) are clamped to its ends, so the partitions holding the ends are open.
 _MIN_US, _MAX_US = -62135596800000000, 253402300799999999
@@ -378,8 +380,7 @@ def _copies_directly(history: Sequence[tuple[str, str]], table: pa.Table) -> boo
     column, and no change is there twice (staging keeps one of each)."""
     if any(wire_type(pg, table.column(name)) != pg for name, pg in history):
         return False
-    identity = [SEGMENT, POSITION, KEY, TIME]
-    return table.select(identity).group_by(identity).aggregate([]).num_rows == table.num_rows
+    return table.select(IDENTITY).group_by(IDENTITY).aggregate([]).num_rows == table.num_rows
 
 
 def _append_new_sql(target: str, names: str, stage: str, piece: pa.RecordBatch) -> str:
@@ -388,10 +389,9 @@ def _append_new_sql(target: str, names: str, stage: str, piece: pa.RecordBatch) 
     from are searched (the BRIN index narrows them to their block ranges)."""
     segments = pc.min_max(piece.column(cb.SEGMENT_ID))
     low, high = int(segments["min"].as_py()), int(segments["max"].as_py())
-    identity = [SEGMENT, POSITION, KEY, TIME]
-    same = " AND ".join(f"h.{name} = s.{name}" for name in identity)
+    same = " AND ".join(f"h.{name} = s.{name}" for name in IDENTITY)
     return (
-        f"INSERT INTO {target} ({names}) SELECT DISTINCT ON ({', '.join(identity)}) {names} FROM {stage} s "
+        f"INSERT INTO {target} ({names}) SELECT DISTINCT ON ({', '.join(IDENTITY)}) {names} FROM {stage} s "
         f"WHERE NOT EXISTS (SELECT FROM {target} h WHERE h.{SEGMENT} BETWEEN {low} AND {high} AND {same})"
     )
 
