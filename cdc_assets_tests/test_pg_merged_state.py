@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
 from cdc_assets.change_batch import build_change_batch
+from cdc_assets.destinations.postgres import probe
+from cdc_assets.destinations.postgres import staging as st
 from cdc_assets.destinations.postgres.destination import PostgresDestination
-from cdc_assets.destinations.postgres.layout import DEAD, ident
+from cdc_assets.destinations.postgres.layout import DEAD, MIN_WRITETIME, ident
 from cdc_assets.destinations.postgres.staging import shown_name, shown_until_name
 from cdc_assets.destinations.timescale.destination import TimescaleDestination
 from cdc_assets_tests import strategies
@@ -290,3 +292,50 @@ def test_a_timescale_current_state_created_beside_an_existing_history_is_filled_
     later = TimescaleDestination(pg_dsn, "history_", allow_plain_postgres=True)
     with closing(later):
         assert later.current_state(SIMPLE) == wanted
+
+
+def test_a_staged_row_is_inserted_as_it_is_only_when_nothing_stored_or_staged_could_change_it(
+    destination: PostgresDestination, pg_dsn: str
+):
+    stored_deletions = [
+        {"segment_id": 1, "position": 1, "kind": "partition_deletion", "key": {"k": 2}, "deletion_writetime": 10},
+        {**range_deletion(1, 2, 10, position=2), "key": {"k": 3}},
+    ]
+    load(destination, [*rows(5, 1), *stored_deletions], "stored")
+    # Write times: the rows of partitions 2 and 3 are older than the stored deletions.
+    writes = {(1, 1): 20, (1, 2): 20, (2, 1): 8, (3, 1): 8, (3, 5): 8, (4, 1): 20, (5, 1): 20}
+    piece = [
+        row({"k": k}, {"c": c}, position=10 + i, row_writetime=ts, cells={"v": cell(c, ts)})
+        for i, ((k, c), ts) in enumerate(writes.items())
+    ]
+    piece.append(
+        {"segment_id": 1, "position": 30, "kind": "partition_deletion", "key": {"k": 4}, "deletion_writetime": 25}
+    )
+    batch = build_change_batch(SIMPLE, piece)
+    columns = list(SIMPLE.regulars)
+    reduced = st.reduce_parts(st.flatten(SIMPLE, batch, columns), columns, {"tags": MIN_WRITETIME})
+    with psycopg.connect(pg_dsn) as connection, connection.cursor() as cursor:
+        new = probe.new_parts(cursor, destination.sql(SIMPLE), reduced, columns)
+    flagged = {
+        (k, c): bool(flag)
+        for k, c, part, flag in zip(*(reduced.table.column(n).to_pylist() for n in ("k", "c", "_cdc_part")), new)
+        if part == "r"
+    }
+    # (1, 1) is stored; partition 2 was deleted; (3, 1) lies in a stored range deletion; partition 4 is
+    # deleted in the piece itself. The others are new, (3, 5) outside the stored range deletion.
+    assert flagged == {
+        (1, 1): False,
+        (1, 2): True,
+        (2, 1): False,
+        (3, 1): False,
+        (3, 5): True,
+        (4, 1): False,
+        (5, 1): True,
+    }
+    load(destination, piece, "piece")
+    assert [(r["k"], r["c"], r["v"]) for r in destination.current_state(SIMPLE)] == [
+        (1, 1, 1),
+        (1, 2, 2),
+        (3, 5, 5),
+        (5, 1, 1),
+    ]

@@ -50,6 +50,7 @@ from cdc_assets.destinations.base import (
     load_boundary,
 )
 from cdc_assets.destinations.cassandra_values import canonical_rows, row_sort_key
+from cdc_assets.destinations.postgres import probe
 from cdc_assets.destinations.postgres import staging as st
 from cdc_assets.destinations.postgres import types as pg_types
 from cdc_assets.destinations.postgres.layout import (
@@ -178,6 +179,8 @@ class PostgresDestination:
         self.dead_letters = dead_letters
         self._connect_timeout = connect_timeout
         self._connection: psycopg.Connection | None = None
+        # Reads what is committed while a load merges on ``_connection`` (``postgres.probe``).
+        self._probe_connection: psycopg.Connection | None = None
         self._ensured: dict[tuple[str, str], tuple[TableSchema, dict[str, str]]] = {}
         self._helper_ready = False
         self.hook = hook
@@ -186,9 +189,10 @@ class PostgresDestination:
         return PgTableSql(table, self.schema_prefix + table.keyspace, self.helper)
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        for connection in (self._connection, self._probe_connection):
+            if connection is not None:
+                connection.close()
+        self._connection = self._probe_connection = None
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor]:
@@ -352,6 +356,8 @@ class PostgresDestination:
         columns, rejected = _batch_columns(table, batch, incompatible)
         self._check_rejected(table, rejected)
         with self._transaction() as cursor:
+            # Loads of a table one at a time: a row found new by the probe stays new until this commits.
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self._load_lock(table)])
             if self.hook is not None:
                 self.hook.before_pieces(cursor, table, batch)
             with ThreadPoolExecutor(1, thread_name_prefix="cdc-postgres-load") as worker:
@@ -379,6 +385,9 @@ class PostgresDestination:
                 self._dead_letter(table, batch, rejected)
         return LoadResult(self.name, table.qualified_name, loaded, first, last, time.perf_counter() - started)
 
+    def _load_lock(self, table: TableSchema) -> str:
+        return f"cdc_assets:load:{self.helper}:{table.qualified_name}"
+
     def _check_rejected(self, table: TableSchema, rejected: Mapping[int, str]) -> None:
         """Without a dead-letter store, a change the destination cannot take fails the load."""
         if rejected and self.dead_letters is None:
@@ -393,19 +402,35 @@ class PostgresDestination:
     def _prepare(
         self, table: TableSchema, piece: pa.RecordBatch, columns: Sequence[Column], parts: st.Parts, number: int
     ) -> list[Step]:
-        """The statements loading one piece: COPY its reduced parts into a staging table, one merge statement."""
+        """The statements loading one piece: COPY its reduced parts, each flagged new to the storage or not
+        (``postgres.probe``), into a staging table; one merge statement."""
         sql = self.sql(table)
-        staging = st.merge_staging_columns(table, columns)
+        staging = [*st.merge_staging_columns(table, columns), (probe.NEW, "boolean")]
         dropped_at = {c.name: sql.dropped_at(c) for c in columns if c.type.is_complex}
         reduced = st.reduce_parts(parts, columns, dropped_at)
+        reduced = probe.marked(reduced, self._new_parts(sql, reduced, columns))
         stage = f"{STAGE}_{number}"
         steps = stage_steps(stage, staging, reduced)
-        present = set(reduced.table.column(st.PART).unique().to_pylist())
-        steps += [Step(statement) for statement in merge_sql(sql, stage, columns, "".join(sorted(present)))]
+        present = "".join(sorted(set(reduced.table.column(st.PART).unique().to_pylist())))
+        steps += [Step(statement) for statement in merge_sql(sql, stage, columns, present, marked=True)]
         steps.append(drop_stage_step(stage))
         if self.hook is not None:
             steps += self.hook.piece_steps(sql, piece, columns, parts, number)
         return steps
+
+    def _new_parts(self, sql: PgTableSql, reduced: st.Parts, columns: Sequence[Column]) -> np.ndarray:
+        """Per reduced part: whether it is new to the storage (``postgres.probe``), looked up on the probe
+        connection while the load's own connection merges."""
+        try:
+            if self._probe_connection is None or self._probe_connection.closed:
+                self._probe_connection = psycopg.connect(self._dsn, connect_timeout=self._connect_timeout)
+            with self._probe_connection.transaction(), self._probe_connection.cursor() as cursor:
+                return probe.new_parts(cursor, sql, reduced, columns)
+        except psycopg.Error as error:
+            if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError) and self._probe_connection:
+                self._probe_connection.close()
+                self._probe_connection = None
+            raise translate(error) from error
 
     def _pieces(self, table: TableSchema, batch: pa.RecordBatch) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
         """The batch in pieces (with their changes' indices in the batch), each holding whole partitions: all

@@ -17,24 +17,32 @@ from cdc_assets.cassandra_schema.tables import Column
 from cdc_assets.destinations.postgres import staging as st
 from cdc_assets.destinations.postgres import types as pg_types
 from cdc_assets.destinations.postgres.layout import MIN_WRITETIME, PgTableSql, ident
+from cdc_assets.destinations.postgres.probe import NEW
 
 MIGRATION_STAGE = "_cdc_migration_deletions"
 
 
-def merge_sql(sql: PgTableSql, stage: str, columns: Sequence[Column], parts: Sequence[str] = "rspg") -> list[str]:
+def merge_sql(
+    sql: PgTableSql, stage: str, columns: Sequence[Column], parts: Sequence[str] = "rspg", *, marked: bool = False
+) -> list[str]:
     """The statements merging the staging table's ``parts`` (kinds present) into the storage tables:
     first the deletions (recorded, and applied to the rows they cover), then the rows, each hidden by
-    every deletion that covers it (so a late older write never comes back)."""
+    every deletion that covers it (so a late older write never comes back).
+
+    ``marked``: the stage flags the rows new to the storage (``postgres.probe.NEW``); those are inserted as
+    they are, the others merged."""
     statements = []
     if st.PART_PARTITION in parts or st.PART_RANGE in parts:
         statements.append(_deletions_sql(sql, stage, parts))
-    upserts = []
-    if st.PART_ROW in parts:
-        upserts.append(_upsert(sql, "__rows", stage, st.PART_ROW, [c for c in columns if c.kind == "regular"]))
-    if st.PART_STATIC in parts:
-        upserts.append(_upsert(sql, "__static", stage, st.PART_STATIC, [c for c in columns if c.kind == "static"]))
-    if upserts:
-        statements.append(_one_statement(upserts))
+    writes = []
+    for part, suffix, kind in ((st.PART_ROW, "__rows", "regular"), (st.PART_STATIC, "__static", "static")):
+        if part in parts:
+            kept = [c for c in columns if c.kind == kind]
+            if marked:
+                writes.append(_insert_new(sql, suffix, stage, part, kept))
+            writes.append(_upsert(sql, suffix, stage, part, kept, marked))
+    if writes:
+        statements.append(_one_statement(writes))
     return statements
 
 
@@ -101,7 +109,9 @@ def _hide_sql(sql: PgTableSql, columns: Sequence[Column], floor: str) -> list[st
     return sets
 
 
-def _staged_sql(sql: PgTableSql, stage: str, part: str, names: Sequence[str], columns: Sequence[Column]) -> str:
+def _staged_sql(
+    sql: PgTableSql, stage: str, part: str, names: Sequence[str], columns: Sequence[Column], marked: bool
+) -> str:
     """The staged rows of one kind, each with what the stored deletions (and its own) hide removed, and
     every deletion that covers it in ``_cdc_deleted_at``.
 
@@ -148,11 +158,29 @@ def _staged_sql(sql: PgTableSql, stage: str, part: str, names: Sequence[str], co
         f"SELECT {select} FROM {stage} s "
         # OFFSET 0 keeps the floors one computation per row, not one per cell that refers to them.
         f"CROSS JOIN LATERAL (SELECT {floor} AS _cdc_f, x._cdc_stored FROM (SELECT {stored_floor} AS _cdc_stored "
-        f"OFFSET 0) x OFFSET 0) h WHERE s._cdc_part = '{part}'"
+        f"OFFSET 0) x OFFSET 0) h WHERE s._cdc_part = '{part}'" + (f" AND s.{NEW} IS NOT TRUE" if marked else "")
     )
 
 
-def _upsert(sql: PgTableSql, suffix: str, stage: str, part: str, columns: Sequence[Column]) -> str:
+def _written_names(sql: PgTableSql, part: str, columns: Sequence[Column]) -> list[str]:
+    """The storage columns a merge of ``part`` writes (quoted)."""
+    keys = [ident(c.name) for c in sql.table.partition_key]
+    if part == st.PART_ROW:
+        keys += [ident(c.name) for c in sql.table.clustering] + ["_cdc_ck"]
+    names = [*keys, "_cdc_live_ts", "_cdc_live_exp", "_cdc_deleted_at"]
+    return names + [ident(name) for c in columns for name, _ in st.cell_columns(c) + st.presented_columns(c)]
+
+
+def _insert_new(sql: PgTableSql, suffix: str, stage: str, part: str, columns: Sequence[Column]) -> str:
+    """An insert of the staged rows new to the storage (``postgres.probe``): nothing stored can change them, so
+    the merge would write them as they are."""
+    listed = ", ".join(_written_names(sql, part, columns))
+    return (
+        f"INSERT INTO {sql.name(suffix)} ({listed}) SELECT {listed} FROM {stage} WHERE _cdc_part = '{part}' AND {NEW}"
+    )
+
+
+def _upsert(sql: PgTableSql, suffix: str, stage: str, part: str, columns: Sequence[Column], marked: bool) -> str:
     """An upsert keeping, per cell, what Cassandra keeps; a row nothing new wins in is not rewritten.
 
     Both sides come with their deletions applied (``_staged_sql``, ``_deletions_sql``), so a cell is kept
@@ -160,10 +188,7 @@ def _upsert(sql: PgTableSql, suffix: str, stage: str, part: str, columns: Sequen
     """
     keys = [ident(c.name) for c in sql.table.partition_key]
     conflict = ", ".join([*keys, "_cdc_ck"] if part == st.PART_ROW else keys)
-    if part == st.PART_ROW:
-        keys += [ident(c.name) for c in sql.table.clustering] + ["_cdc_ck"]
-    names = [*keys, "_cdc_live_ts", "_cdc_live_exp", "_cdc_deleted_at"]
-    names += [ident(name) for c in columns for name, _ in st.cell_columns(c) + st.presented_columns(c)]
+    names = _written_names(sql, part, columns)
     live_wins = (
         "(EXCLUDED._cdc_live_ts IS NOT NULL AND (o._cdc_live_ts IS NULL OR "
         "ROW(EXCLUDED._cdc_live_ts, EXCLUDED._cdc_live_exp IS NOT NULL, coalesce(EXCLUDED._cdc_live_exp, 0)) > "
@@ -181,7 +206,7 @@ def _upsert(sql: PgTableSql, suffix: str, stage: str, part: str, columns: Sequen
         updates.extend(_cell_updates(sql, column, wins))
     listed = ", ".join(names)
     return (
-        f"INSERT INTO {sql.name(suffix)} AS o ({listed}) {_staged_sql(sql, stage, part, names, columns)} "
+        f"INSERT INTO {sql.name(suffix)} AS o ({listed}) {_staged_sql(sql, stage, part, names, columns, marked)} "
         f"ON CONFLICT ({conflict}) DO UPDATE SET {', '.join(updates)} WHERE {' OR '.join(changed)}"
     )
 

@@ -186,10 +186,8 @@ class ChangeHistory:
 
     def before_pieces(self, cursor: psycopg.Cursor, table: TableSchema, batch: pa.RecordBatch) -> None:
         """Whether this load may COPY straight into the history: no committed load covers any of its positions,
-        so none of its changes can be there already. Loads of a table are serialized for the check to hold."""
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"cdc_assets:load:{self.helper}:{table.qualified_name}"]
-        )
+        so none of its changes can be there already. (The destination serializes the loads of a table, so the
+        answer holds until this load commits.)"""
         first, last = cb.position_range(batch)
         if first is None or last is None:
             self._append_directly = False
