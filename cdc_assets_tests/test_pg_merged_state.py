@@ -158,6 +158,19 @@ def test_once_vacuumed_the_views_count_is_an_index_only_scan_of_the_rows_alive_u
     assert "Index Only Scan using simple__rows_alive" in counted, counted
 
 
+def test_right_after_a_load_the_views_count_reads_the_rows_alive_until_index_alone(
+    destination: PostgresDestination, pg_dsn: str
+):
+    load(destination, [*rows(5, 1, 2, 3), range_deletion(2, 2, 10)], "1")
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        connection.execute("SET enable_seqscan = off")
+        analyzed = connection.execute("EXPLAIN (ANALYZE, COSTS off, TIMING off) SELECT count(*) FROM ks.simple")
+        counted = "\n".join(line for (line,) in analyzed)
+    # The load vacuumed what it wrote: every page is all-visible, none is read.
+    assert "Index Only Scan using simple__rows_alive" in counted, counted
+    assert "Heap Fetches: 0" in counted, counted
+
+
 def test_autovacuum_visits_the_merged_state_after_loads_of_a_few_percent(destination: PostgresDestination, pg_dsn: str):
     load(destination, rows(5, 1), "1")
     for table in ("ks.simple__rows", "ks.simple__static"):

@@ -16,6 +16,8 @@ class PostgresResource(dg.ConfigurableResource):
     schema_prefix: str = ""
     piece_changes: int = 32_768
     dead_letters: str
+    # Vacuum the current state after each load: a count reads an index at once, not once autovacuum has been.
+    vacuum_after_load: bool = True
 
     def open(self) -> PostgresDestination:
         return PostgresDestination(
@@ -23,4 +25,5 @@ class PostgresResource(dg.ConfigurableResource):
             self.schema_prefix,
             dead_letters=open_dead_letters(self.dead_letters),
             piece_changes=self.piece_changes,
+            vacuum_after_load=self.vacuum_after_load,
         )

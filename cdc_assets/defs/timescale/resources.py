@@ -21,6 +21,8 @@ class TimescaleResource(dg.ConfigurableResource):
     compress_after_days: float | None = 7
     retention_days: float | None = None
     piece_changes: int = 32_768
+    # Vacuum the current state after each load: a count reads an index at once, not once autovacuum has been.
+    vacuum_after_load: bool = True
     dead_letters: str
 
     def open(self) -> TimescaleDestination:
@@ -33,4 +35,5 @@ class TimescaleResource(dg.ConfigurableResource):
             allow_plain_postgres=self.allow_plain_postgres,
             dead_letters=open_dead_letters(self.dead_letters),
             piece_changes=self.piece_changes,
+            vacuum_after_load=self.vacuum_after_load,
         )

@@ -155,7 +155,8 @@ class PostgresDestination:
     several pipelines or tests can share a database. ``dead_letters`` receives changes the destination
     cannot take; without it such a batch fails with :class:`PermanentDestinationError`. ``piece_changes``:
     how many changes go to PostgreSQL at a time within a load's transaction. ``hook``: more work done in
-    each load's transaction (:class:`LoadHook`).
+    each load's transaction (:class:`LoadHook`). ``vacuum_after_load``: vacuum the current state after each
+    load (:meth:`_vacuum`), so that counting it reads an index at once rather than once autovacuum has been.
     """
 
     name = "postgres"
@@ -169,6 +170,7 @@ class PostgresDestination:
         connect_timeout: int = 10,
         piece_changes: int = PIECE_CHANGES,
         hook: LoadHook | None = None,
+        vacuum_after_load: bool = True,
     ):
         if piece_changes < 1:
             raise ValueError(f"piece_changes must be at least 1, not {piece_changes}")
@@ -179,8 +181,9 @@ class PostgresDestination:
         self.dead_letters = dead_letters
         self._connect_timeout = connect_timeout
         self._connection: psycopg.Connection | None = None
-        # Reads what is committed while a load merges on ``_connection`` (``postgres.probe``).
+        # Reads what is committed while a load merges on ``_connection`` (``postgres.probe``); vacuums after.
         self._probe_connection: psycopg.Connection | None = None
+        self.vacuum_after_load = vacuum_after_load
         self._ensured: dict[tuple[str, str], tuple[TableSchema, dict[str, str]]] = {}
         self._helper_ready = False
         self.hook = hook
@@ -383,7 +386,28 @@ class PostgresDestination:
             # Before the commit: a failed commit may dead-letter twice on retry, but never loses a change.
             if rejected:
                 self._dead_letter(table, batch, rejected)
+        if self.vacuum_after_load:
+            self._vacuum(self.sql(table))
         return LoadResult(self.name, table.qualified_name, loaded, first, last, time.perf_counter() - started)
+
+    def _vacuum(self, sql: PgTableSql) -> None:
+        """Vacuum the current state a load just wrote: the pages it wrote become all-visible, so the view's
+        ``count(*)`` is an index-only scan of ``_cdc_alive_until`` from now on, not once autovacuum comes by.
+        Only the pages not all-visible are read; a table locked by another vacuum is skipped, and the table is
+        never truncated (that would lock out readers). The load is committed: a failure here is only logged."""
+        started = time.perf_counter()
+        try:
+            self._probe().execute(f"VACUUM (SKIP_LOCKED, TRUNCATE false) {sql.name('__rows')}, {sql.name('__static')}")
+        except psycopg.Error as error:
+            log.warning("vacuum of %s after its load failed (autovacuum will come by): %s", sql.view, translate(error))
+            return
+        log.debug("%s: vacuumed in %.3f s", sql.view, time.perf_counter() - started)
+
+    def _probe(self) -> psycopg.Connection:
+        """The second connection (autocommit): probes (``postgres.probe``) and the vacuum after a load."""
+        if self._probe_connection is None or self._probe_connection.closed:
+            self._probe_connection = psycopg.connect(self._dsn, connect_timeout=self._connect_timeout, autocommit=True)
+        return self._probe_connection
 
     def _load_lock(self, table: TableSchema) -> str:
         return f"cdc_assets:load:{self.helper}:{table.qualified_name}"
@@ -422,9 +446,8 @@ class PostgresDestination:
         """Per reduced part: whether it is new to the storage (``postgres.probe``), looked up on the probe
         connection while the load's own connection merges."""
         try:
-            if self._probe_connection is None or self._probe_connection.closed:
-                self._probe_connection = psycopg.connect(self._dsn, connect_timeout=self._connect_timeout)
-            with self._probe_connection.transaction(), self._probe_connection.cursor() as cursor:
+            connection = self._probe()
+            with connection.transaction(), connection.cursor() as cursor:
                 return probe.new_parts(cursor, sql, reduced, columns)
         except psycopg.Error as error:
             if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError) and self._probe_connection:

@@ -347,6 +347,7 @@ class TimescaleDestination(PostgresDestination):
         dead_letters: DeadLetterStore | None = None,
         connect_timeout: int = 10,
         piece_changes: int = PIECE_CHANGES,
+        vacuum_after_load: bool = True,
     ):
         self.history = ChangeHistory(
             f"{schema_prefix}_cdc",
@@ -362,6 +363,7 @@ class TimescaleDestination(PostgresDestination):
             connect_timeout=connect_timeout,
             piece_changes=piece_changes,
             hook=self.history,
+            vacuum_after_load=vacuum_after_load,
         )
 
     @property
