@@ -8,12 +8,15 @@ connection, ``ensure_table`` (creating and evolving storage and view), the load 
 ``current_state``.
 
 A load is one transaction, sent in pieces of whole partitions (while PostgreSQL merges one, Python prepares
-the next): per piece, a binary COPY (``postgres.binary``) into a temporary staging table, then (when the piece
+the next): per piece, a look-up on a second connection of which staged rows are new to the storage
+(``postgres.probe``), a binary COPY (``postgres.binary``) into a temporary staging table, then (when the piece
 holds deletions) one statement recording them and applying them to the rows they cover, then one statement
-of two ``INSERT … ON CONFLICT DO UPDATE`` (rows, static rows) that keeps, cell by cell, whichever of the
-stored and the staged cell Cassandra would keep (``cassandra_model.py`` states the rules); then the ``loads`` row. A
-:class:`LoadHook` may add work to each load's transaction (TimescaleDB's history). Replays, reorderings
-and replica duplicates therefore converge; a replay of a recorded load id is skipped outright.
+inserting the new rows as they are and merging the others with ``INSERT … ON CONFLICT DO UPDATE`` (rows,
+static rows), keeping, cell by cell, whichever of the stored and the staged cell Cassandra would keep
+(``cassandra_model.py`` states the rules); then the ``loads`` row. Loads of a table are serialized (an
+advisory lock held by the load's transaction). A :class:`LoadHook` may add work to each load's transaction
+(TimescaleDB's history). Replays, reorderings and replica duplicates therefore converge; a replay of a
+recorded load id is skipped outright. Once committed, the load vacuums the state it wrote.
 
 Schema evolution: a new column is added to storage and view while the flow runs. A dropped column stops
 being shown; its data stays (a re-added column shows only cells written after the drop). A column whose

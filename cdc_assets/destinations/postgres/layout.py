@@ -37,9 +37,10 @@ column from the map, element by element. The view evaluates ``now`` once per que
 only ``PARALLEL SAFE`` helper functions, and costs them low so that PostgreSQL neither JIT-compiles it nor
 gives up parallel scans. A wider stored row is the other price: a sequential ``count(*)`` reads about three
 times the pages of a plain table of the same rows (``shop.orders``). So ``_cdc_alive_until`` has an index of its
-own (``t__rows_alive``, ``t__static_alive``; nearly all NULL, so a few MB): once autovacuum has marked the
-pages all-visible, ``count(*)`` is an index-only scan of it. It costs a load little (an index entry per new
-row; an update changing ``_cdc_alive_until``, a deletion or a TTL, is no longer HOT).
+own (``t__rows_alive``, ``t__static_alive``; nearly all NULL, so a few MB): once the pages are all-visible
+(each load vacuums what it wrote, ``PostgresDestination._vacuum``), ``count(*)`` is an index-only scan of it.
+It costs a load little (an index entry per new row; an update changing ``_cdc_alive_until``, a deletion or a
+TTL, is no longer HOT).
 
 Storage written by an earlier version (which merged at read time) carries no layout marker (the comment on
 ``t__rows``, :data:`LAYOUT_MARKER`): the first ``ensure_table`` migrates it once, in one transaction

@@ -3,10 +3,11 @@
 (``cassandra_model.py`` states the rules).
 
 Per piece: when it holds deletions, one statement recording them and applying them to the rows they cover
-(:func:`_deletions_sql`); then one statement of two ``INSERT … ON CONFLICT DO UPDATE`` (rows, static rows),
-each staged row merged with every deletion covering it already applied (:func:`_staged_sql`), so a late older
-write never comes back. The one-time migration of storage an earlier version wrote (:func:`migration_sql`)
-applies the stored deletions to the stored rows the same way.
+(:func:`_deletions_sql`); then one statement of, per storage table (rows, static rows), an ``INSERT`` of the
+staged rows new to the storage (``postgres.probe``; :func:`_insert_new`) and an ``INSERT … ON CONFLICT DO
+UPDATE`` of the others, each staged row merged with every deletion covering it already applied
+(:func:`_staged_sql`), so a late older write never comes back. The one-time migration of storage an earlier
+version wrote (:func:`migration_sql`) applies the stored deletions to the stored rows the same way.
 """
 
 from __future__ import annotations
