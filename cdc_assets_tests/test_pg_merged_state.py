@@ -352,3 +352,18 @@ def test_a_staged_row_is_inserted_as_it_is_only_when_nothing_stored_or_staged_co
         (3, 5, 5),
         (5, 1, 1),
     ]
+
+
+def test_a_replicas_duplicate_of_a_row_with_a_collection_rewrites_nothing(
+    destination: PostgresDestination, pg_dsn: str
+):
+    changes = [
+        row({"k": 1}, {"c": c}, position=c, row_writetime=5, cells={"v": cell(c, 5), "tags": elements((c, None))})
+        for c in (1, 2)
+    ]
+    load(destination, changes, "node 1")
+    written = query(pg_dsn, "SELECT c, xmin::text FROM ks.simple__rows ORDER BY c")
+    # The same changes again, as another node's commit log delivers them: nothing to merge.
+    load(destination, changes, "node 2")
+    assert query(pg_dsn, "SELECT c, xmin::text FROM ks.simple__rows ORDER BY c") == written
+    assert [(r["c"], r["tags"]) for r in destination.current_state(SIMPLE)] == [(1, [1]), (2, [2])]

@@ -215,15 +215,15 @@ def _upsert(sql: PgTableSql, suffix: str, stage: str, part: str, columns: Sequen
 def _cell_wins(column: Column) -> str:
     """SQL: whether the staged cell (``EXCLUDED``) beats the stored one (``o``) by Cassandra's rules.
 
-    For a complex column (a counter): whether the staged one brings elements (shards) or a newer collection
-    deletion (counter tombstone).
+    For a complex column (a counter): whether the staged one brings elements (shards) other than the stored
+    ones, or a newer collection deletion (counter tombstone).
     """
     name = column.name
     if st.merged_by_parts(column):
-        deleted_at = ident(st.deleted_at_name(name))
-        return (
-            f"(EXCLUDED.{ident(name)} IS NOT NULL OR EXCLUDED.{deleted_at} > coalesce(o.{deleted_at}, {MIN_WRITETIME}))"
-        )
+        # Elements (shards) equal to the stored ones change nothing: a replica's duplicate rewrites no row.
+        deleted_at, value = ident(st.deleted_at_name(name)), ident(name)
+        brings = f"EXCLUDED.{value} IS NOT NULL AND EXCLUDED.{value} IS DISTINCT FROM o.{value}"
+        return f"(({brings}) OR EXCLUDED.{deleted_at} > coalesce(o.{deleted_at}, {MIN_WRITETIME}))"
     ts, exp, deleted = ident(st.ts_name(name)), ident(st.exp_name(name)), ident(st.del_name(name))
 
     def rank(alias: str) -> str:
@@ -247,9 +247,7 @@ def _cell_updates(sql: PgTableSql, column: Column, wins: str) -> list[str]:
         deleted_at = ident(st.deleted_at_name(name))
         latest = f"greatest(o.{deleted_at}, EXCLUDED.{deleted_at})"
         if column.type.is_complex:
-            floor = f"greatest({latest}, o._cdc_deleted_at, EXCLUDED._cdc_deleted_at)"
-            merged = f"{ident(sql.helper)}.merge_elements(o.{ident(name)}, EXCLUDED.{ident(name)}, {floor})"
-            return [_presented_assignment(sql, column, merged), f"{deleted_at} = {latest}"]
+            return [_merged_assignment(sql, column), f"{deleted_at} = {latest}"]
         merged = f"{ident(sql.helper)}.merge_shards(o.{ident(name)}, EXCLUDED.{ident(name)})"
         return [f"{ident(name)} = {merged}", f"{deleted_at} = {latest}"]
     return _kept(ident(st.ts_name(name)), [ident(cell) for cell, _ in st.cell_columns(column)], wins)
@@ -267,6 +265,40 @@ def _one_statement(statements: Sequence[str]) -> str:
     """Statements on different rows as one (data-modifying CTEs, then the last)."""
     ctes = ",\n".join(f"m{i} AS ({statement})" for i, statement in enumerate(statements[:-1]))
     return (f"WITH {ctes}\n" if ctes else "") + statements[-1]
+
+
+def _merged_assignment(sql: PgTableSql, column: Column) -> str:
+    """The SET clause giving a complex column of a stored row ``o`` its elements merged with the staged ones
+    (``EXCLUDED``), and the presented value and first expiry of the result.
+
+    Merging element by element (and presenting the result) is the dear part of a merge, so two cases skip it:
+    the staged row brings nothing for the column, or the very elements stored (a replica's duplicate), and no
+    deletion raising its floor (a partial update of other columns: the stored elements, already clear of the
+    stored deletions, stay); or the staged row's
+    collection deletion covers every stored element and deletion (an overwrite: the staged elements, already
+    clear of it, are the result). Either side's presented value is then kept as it is."""
+    name, deleted_at = ident(column.name), ident(st.deleted_at_name(column.name))
+    shown, until = ident(st.shown_name(column.name)), ident(st.shown_until_name(column.name))
+    stored_floor = f"greatest(o.{deleted_at}, o._cdc_deleted_at)"
+    floor = f"greatest(o.{deleted_at}, EXCLUDED.{deleted_at}, o._cdc_deleted_at, EXCLUDED._cdc_deleted_at)"
+    kept = f"(EXCLUDED.{name} IS NULL OR EXCLUDED.{name} = o.{name}) AND {floor} IS NOT DISTINCT FROM {stored_floor}"
+    covering = f"EXCLUDED.{deleted_at} >= coalesce(greatest({stored_floor}, EXCLUDED._cdc_deleted_at), {MIN_WRITETIME})"
+    newer = f"jsonb_build_object('d', EXCLUDED.{deleted_at})"
+    overwritten = (
+        f"{covering} AND NOT coalesce(jsonb_path_exists(o.{name}, 'strict $.* ? (@[0] > $d)', {newer}), false)"
+    )
+    case = f"CASE WHEN {kept} THEN 1 WHEN {overwritten} THEN 2 ELSE 0 END"
+    merged = f"{ident(sql.helper)}.merge_elements(o.{name}, EXCLUDED.{name}, {floor})"
+    elements = f"CASE x.k WHEN 1 THEN o.{name} WHEN 2 THEN EXCLUDED.{name} ELSE {merged} END"
+
+    def presented(stored: str, computed: str) -> str:
+        return f"CASE y.k WHEN 1 THEN o.{stored} WHEN 2 THEN EXCLUDED.{stored} ELSE {computed} END"
+
+    computed = f"y.m, {presented(shown, sql.shown_sql(column, 'y.m'))}, {presented(until, sql.shown_until_sql('y.m'))}"
+    return (
+        f"({name}, {shown}, {until}) = (SELECT {computed} FROM (SELECT x.k, {elements} AS m "
+        f"FROM (SELECT {case} AS k OFFSET 0) x OFFSET 0) y)"
+    )
 
 
 def _presented_assignment(sql: PgTableSql, column: Column, elements: str) -> str:
