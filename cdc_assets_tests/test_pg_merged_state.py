@@ -367,3 +367,22 @@ def test_a_replicas_duplicate_of_a_row_with_a_collection_rewrites_nothing(
     load(destination, changes, "node 2")
     assert query(pg_dsn, "SELECT c, xmin::text FROM ks.simple__rows ORDER BY c") == written
     assert [(r["c"], r["tags"]) for r in destination.current_state(SIMPLE)] == [(1, [1]), (2, [2])]
+
+
+def test_a_late_older_overwrite_of_a_collection_keeps_the_newer_stored_elements(
+    destination: PostgresDestination, pg_dsn: str
+):
+    added = row({"k": 1}, {"c": 1}, position=1, cells={"tags": elements((7, None), writetime=10)})
+    load(destination, [added], "tags + {7} at 10")
+    # SET tags = {1} at 5: its collection deletion (at 4) covers nothing stored, its element is new.
+    overwrite = row(
+        {"k": 1}, {"c": 1}, position=2, row_writetime=5, cells={"tags": elements((1, None), deletion=4, writetime=5)}
+    )
+    load(destination, [overwrite], "tags = {1} at 5, late")
+    assert [r["tags"] for r in destination.current_state(SIMPLE)] == [[1, 7]]
+    # SET tags = {2} at 12 covers everything stored.
+    newer = row(
+        {"k": 1}, {"c": 1}, position=3, row_writetime=12, cells={"tags": elements((2, None), deletion=11, writetime=12)}
+    )
+    load(destination, [newer], "tags = {2} at 12")
+    assert [r["tags"] for r in destination.current_state(SIMPLE)] == [[2]]
