@@ -151,8 +151,8 @@ class PgTableSql:
     def alive_index_ddl(self) -> list[str]:
         """Statements indexing each storage table's ``_cdc_alive_until`` (run after its generated columns: dropping
         the column drops the index). Nearly every row has none (NULL: nothing of it expires), so the index is
-        small, and once autovacuum has marked the pages all-visible, the view's ``count(*)`` reads it alone (an
-        index-only scan) instead of every wide stored row."""
+        small, and once the pages are all-visible (each load vacuums what it wrote; autovacuum comes by too), the
+        view's ``count(*)`` reads it alone (an index-only scan) instead of every wide stored row."""
         return [
             f"CREATE INDEX IF NOT EXISTS {ident(self.table.name + suffix + '_alive')} "
             f"ON {self.name(suffix)} ({ALIVE_UNTIL})"
@@ -161,8 +161,10 @@ class PgTableSql:
 
     def autovacuum_ddl(self, suffix: str) -> str:
         """The statement making autovacuum visit storage table ``suffix`` after every load of a few percent
-        of its rows (PostgreSQL's default waits for a fifth): until it has, the pages a load wrote are not
-        all-visible and ``count(*)`` cannot be answered from the ``_cdc_alive_until`` index alone."""
+        of its rows (PostgreSQL's default waits for a fifth). Each load vacuums what it wrote already
+        (``vacuum_after_load``); this covers destinations with that off, and the vacuums a load skipped: until one
+        has run, the pages a load wrote are not all-visible and ``count(*)`` cannot be answered from the
+        ``_cdc_alive_until`` index alone."""
         return f"ALTER TABLE {self.name(suffix)} SET ({', '.join(AUTOVACUUM)})"
 
     def derived_columns(self, suffix: str) -> list[tuple[str, str, str]]:

@@ -274,9 +274,9 @@ def _merged_assignment(sql: PgTableSql, column: Column) -> str:
     Merging element by element (and presenting the result) is the dear part of a merge, so two cases skip it:
     the staged row brings nothing for the column, or the very elements stored (a replica's duplicate), and no
     deletion raising its floor (a partial update of other columns: the stored elements, already clear of the
-    stored deletions, stay); or the staged row's
-    collection deletion covers every stored element and deletion (an overwrite: the staged elements, already
-    clear of it, are the result). Either side's presented value is then kept as it is."""
+    stored deletions, stay); or the staged row's collection deletion covers every stored element and deletion
+    (an overwrite: the staged elements, already clear of it, are the result). Either side's presented value
+    is then kept as it is."""
     name, deleted_at = ident(column.name), ident(st.deleted_at_name(column.name))
     shown, until = ident(st.shown_name(column.name)), ident(st.shown_until_name(column.name))
     stored_floor = f"greatest(o.{deleted_at}, o._cdc_deleted_at)"
